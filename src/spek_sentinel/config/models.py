@@ -1,0 +1,120 @@
+"""The shape of thresholds.toml. Cross-references are checked in ``crosscheck``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from spek_sentinel.config.probes import Probe
+from spek_sentinel.config.types import (
+    Duration,
+    Name,
+    PositiveDuration,
+    Ratio,
+    StrictModel,
+    ThresholdValue,
+)
+
+
+class SentinelSettings(StrictModel):
+    auto_rollback: bool = True  # false = shadow mode: decide and page, never execute
+    cooldown: Duration = 3600.0  # at most one automatic rollback per cooldown
+
+
+class Defaults(StrictModel):
+    interval: PositiveDuration = 15.0  # probe interval when a probe does not say
+    max_gap_intervals: float = Field(default=3.0, ge=1)  # coverage gap, in probe intervals
+    blind_after: PositiveDuration = 300.0
+
+
+class RuleBase(StrictModel):
+    name: Name
+    description: str = ""
+    signal: Name
+    severity: Literal["immediate", "evaluate"]
+    playbook: Name | None = None
+    for_: Duration = Field(default=0.0, alias="for")
+    keep_firing_for: Duration = 0.0
+    min_samples: int = Field(default=1, ge=1)
+    max_gap: PositiveDuration | None = None
+    blind_after: PositiveDuration | None = None
+    missing: Literal["unknown", "ok", "breach"] = "unknown"
+
+
+class ThresholdRule(RuleBase):
+    kind: Literal["threshold"]
+    above: ThresholdValue | None = None
+    below: ThresholdValue | None = None
+    clear_below: ThresholdValue | None = None  # hysteresis line for an ``above`` rule
+    clear_above: ThresholdValue | None = None  # hysteresis line for a ``below`` rule
+    min_volume: float | None = Field(default=None, ge=0)
+
+
+class BaselineSpec(StrictModel):
+    method: Literal["rolling_median", "before_release"] = "rolling_median"
+    window: PositiveDuration = 3600.0
+    min_samples: int = Field(default=10, ge=1)
+
+
+class RelativeRule(RuleBase):
+    kind: Literal["relative"]
+    increase: float = Field(gt=0, le=100)  # 0.5 = 50% above the baseline
+    clear_increase: float | None = Field(default=None, ge=0)
+    baseline: BaselineSpec = BaselineSpec()
+    min_volume: float | None = Field(default=None, ge=0)
+
+
+class TrendRule(RuleBase):
+    kind: Literal["trend"]
+    window: PositiveDuration
+    min_growth: float = Field(gt=0)  # 0.2 = grew 20% over the window
+    min_rising: Ratio = 0.8  # share of consecutive samples that rose
+    min_slope: float = Field(default=0.0, ge=0)  # units per second
+    min_window_samples: int = Field(default=5, ge=2)
+    warmup: Duration = 0.0
+
+
+class EventRule(RuleBase):
+    kind: Literal["event"]
+    at_least: float = 1.0
+
+
+RuleModel = Annotated[
+    ThresholdRule | RelativeRule | TrendRule | EventRule, Field(discriminator="kind")
+]
+
+
+class PlaybookModel(StrictModel):
+    """A runbook scenario as data. The executor (rollback package) carries it out."""
+
+    scenario: str
+    stop_first: bool = True
+    database: list[Literal["migrate_down", "migrate_down_all", "restore"]] = []
+    restore_from: Literal["pre_deployment", "last_known_good"] | None = None
+    application: Literal["previous_release", "rebuild", "none"] = "previous_release"
+    rotate_secrets: list[str] = []
+
+
+class ValidationCheck(StrictModel):
+    """A limit from the post-rollback validation table: the signal must stay below it."""
+
+    name: Name
+    signal: Name
+    below: ThresholdValue
+    for_: Duration = Field(default=60.0, alias="for")
+    description: str = ""
+
+
+class Validation(StrictModel):
+    monitor_for: Duration = 3600.0
+    checks: list[ValidationCheck] = []
+
+
+class ConfigModel(StrictModel):
+    sentinel: SentinelSettings = SentinelSettings()
+    defaults: Defaults = Defaults()
+    probes: dict[Name, Probe] = Field(min_length=1)
+    playbooks: dict[Name, PlaybookModel] = {}
+    rules: list[RuleModel] = Field(min_length=1)
+    validation: Validation = Validation()

@@ -1,0 +1,186 @@
+"""The policy: from verdicts to decisions. Pure; time comes from the verdicts.
+
+IMMEDIATE firing -> Rollback(playbook), unless a guard holds it back, in which case a human is
+paged with the reason: shadow mode, the incident already rolled back, a previous automatic
+rollback not yet acknowledged, or the cooldown. EVALUATE firing -> Page. Resolved -> Resolve.
+Rules that fire while an incident is open join it; the incident closes when none fires.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from spek_sentinel.domain.decisions import Decision, Nothing, Page, PageKind, Resolve, Rollback
+from spek_sentinel.domain.incidents import Incident
+from spek_sentinel.domain.rules import RuleState, Severity
+from spek_sentinel.domain.settings import PolicySettings
+from spek_sentinel.domain.units import format_duration
+from spek_sentinel.domain.verdicts import Verdict
+
+
+def iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Policy:
+    def __init__(self, settings: PolicySettings | None = None) -> None:
+        self.settings = settings or PolicySettings()
+        self.incident: Incident | None = None
+        self.last_rollback_at: float | None = None
+        self.awaiting_ack = False  # an automatic rollback happened and no human has looked yet
+        self.rollback_running = False  # decided, not yet reported finished by the executor
+        self.monitor_until = float("-inf")
+        self._validation_paged: set[str] = set()
+        self._incident_count = 0
+
+    # -- human input --------------------------------------------------------------------------
+
+    def acknowledge(self, at: float) -> None:
+        """A human has seen the last automatic rollback; the loop guard lifts (not the cooldown)."""
+        self.awaiting_ack = False
+
+    def rollback_completed(self, at: float) -> None:
+        """The executor finished the rollback: the post-rollback monitoring period starts."""
+        self.rollback_running = False
+        self.monitor_until = at + self.settings.monitor_for
+        self._validation_paged.clear()
+
+    # -- verdicts -----------------------------------------------------------------------------
+
+    def decide(self, verdict: Verdict) -> list[Decision]:
+        decisions: list[Decision] = []
+        signal = verdict.rule.signal
+        if verdict.sight_restored:
+            decisions.append(
+                Resolve(verdict, None, f"sentinel sees {signal} again (blind alert cleared)")
+            )
+        if verdict.blind:
+            incident = self.incident.id if self.incident else None
+            decisions.append(
+                Page(verdict, incident, PageKind.BLIND, f"sentinel blind: {verdict.evidence}")
+            )
+        if verdict.rule.phase == "post_rollback":
+            action = self._validation(verdict)
+        elif verdict.state is RuleState.FIRING and verdict.previous is not RuleState.FIRING:
+            action = self._firing(verdict)
+        elif verdict.state is RuleState.RESOLVED and verdict.previous is RuleState.FIRING:
+            action = self._resolved(verdict)
+        else:
+            action = None
+        if action is not None:
+            decisions.append(action)
+        if not decisions:
+            decisions.append(Nothing(verdict, _quiet_reason(verdict)))
+        return decisions
+
+    def _open_incident(self, at: float) -> Incident:
+        if self.incident is None:
+            self._incident_count += 1
+            stamp = datetime.fromtimestamp(at, UTC).strftime("%Y%m%d-%H%M%S")
+            self.incident = Incident(id=f"inc-{stamp}-{self._incident_count}", opened_at=at)
+        return self.incident
+
+    def _firing(self, verdict: Verdict) -> Decision:
+        rule = verdict.rule
+        at = verdict.at
+        incident = self._open_incident(at)
+        if rule.name not in incident.rules:
+            incident.rules.append(rule.name)
+        incident.firing.add(rule.name)
+        if rule.severity is Severity.EVALUATE:
+            if incident.rolled_back_at is not None:
+                advice = f"; incident already rolled back with playbook {incident.playbook}"
+            elif rule.playbook:
+                advice = f"; its playbook would be {rule.playbook}"
+            else:
+                advice = ""
+            return Page(
+                verdict,
+                incident.id,
+                PageKind.BREACH,
+                f"{rule.name} firing: evaluate a rollback{advice}",
+            )
+        playbook = rule.playbook
+        assert playbook is not None, "config validation requires a playbook on immediate rules"
+        held = self._hold_reason(incident, at)
+        if held is not None:
+            kind, reason = held
+            return Page(verdict, incident.id, kind, f"{rule.name} firing: {reason}")
+        incident.playbook = playbook
+        incident.rolled_back_at = at
+        self.last_rollback_at = at
+        self.awaiting_ack = True
+        self.rollback_running = True
+        return Rollback(
+            verdict,
+            incident.id,
+            playbook,
+            f"{rule.name} firing: automatic rollback with playbook {playbook}; then "
+            f"{format_duration(self.settings.monitor_for)} of post-rollback monitoring",
+        )
+
+    def _hold_reason(self, incident: Incident, at: float) -> tuple[PageKind, str] | None:
+        settings = self.settings
+        if not settings.auto_rollback:
+            return PageKind.SHADOW, "shadow mode (auto_rollback = false): would roll back now"
+        if incident.rolled_back_at is not None:
+            return PageKind.JOINED, (
+                f"joined incident {incident.id}, already rolled back at "
+                f"{iso(incident.rolled_back_at)} with playbook {incident.playbook}; "
+                "no second automatic rollback"
+            )
+        last = self.last_rollback_at
+        if self.awaiting_ack and last is not None:
+            return PageKind.HELD, (
+                f"automatic rollback held: the automatic rollback at {iso(last)} "
+                "has not been acknowledged"
+            )
+        if last is not None and at - last < settings.cooldown:
+            return PageKind.HELD, (
+                f"automatic rollback held: cooldown of {format_duration(settings.cooldown)} "
+                f"after the rollback at {iso(last)} runs until {iso(last + settings.cooldown)}"
+            )
+        return None
+
+    def _resolved(self, verdict: Verdict) -> Decision:
+        name = verdict.rule.name
+        incident = self.incident
+        if incident is None or name not in incident.firing:
+            return Resolve(verdict, None, f"{name} resolved")
+        incident.firing.discard(name)
+        closed = not incident.firing
+        if closed:
+            self.incident = None
+        suffix = f"; incident {incident.id} closed" if closed else ""
+        return Resolve(verdict, incident.id, f"{name} resolved{suffix}", incident_closed=closed)
+
+    def _validation(self, verdict: Verdict) -> Decision | None:
+        name = verdict.rule.name
+        if verdict.state is RuleState.FIRING and verdict.previous is not RuleState.FIRING:
+            if verdict.at > self.monitor_until or name in self._validation_paged:
+                return None
+            self._validation_paged.add(name)
+            incident = self.incident.id if self.incident else None
+            return Page(
+                verdict,
+                incident,
+                PageKind.VALIDATION,
+                f"post-rollback validation failed: {verdict.rule.description or name}",
+            )
+        if verdict.state is RuleState.RESOLVED and name in self._validation_paged:
+            self._validation_paged.discard(name)
+            return Resolve(verdict, None, f"post-rollback check {name} within limits again")
+        return None
+
+
+def _quiet_reason(verdict: Verdict) -> str:
+    state = verdict.state
+    if verdict.rule.phase == "post_rollback":
+        return "post-rollback validation check; acts only during a monitoring period"
+    if state is RuleState.PENDING:
+        return "condition holds; waiting for the sustained window"
+    if state is RuleState.UNKNOWN:
+        return "blind: unknown never triggers a rollback"
+    if state is RuleState.OK and verdict.previous is RuleState.PENDING:
+        return "condition cleared before the window elapsed"
+    return f"state {state.value}"

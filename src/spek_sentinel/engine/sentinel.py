@@ -1,0 +1,53 @@
+"""Engine and policy together: samples in, decisions out. What replay and the daemon drive."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from spek_sentinel.domain.decisions import Decision
+from spek_sentinel.domain.rules import Rule
+from spek_sentinel.domain.samples import ReleaseMark, Sample
+from spek_sentinel.domain.settings import PolicySettings
+from spek_sentinel.domain.verdicts import Verdict
+from spek_sentinel.engine.engine import Engine
+from spek_sentinel.engine.policy import Policy
+
+
+class Sentinel:
+    def __init__(self, rules: Sequence[Rule], settings: PolicySettings | None = None) -> None:
+        self.engine = Engine(rules)
+        self.policy = Policy(settings)
+
+    def _decide(self, verdicts: Iterable[Verdict]) -> list[Decision]:
+        decisions: list[Decision] = []
+        for verdict in verdicts:
+            for decision in self.policy.decide(verdict):
+                decisions.append(decision)
+        return decisions
+
+    def observe(self, sample: Sample) -> list[Decision]:
+        return self._decide(self.engine.observe(sample))
+
+    def observe_many(self, samples: Iterable[Sample]) -> list[Decision]:
+        decisions: list[Decision] = []
+        for sample in samples:
+            decisions.extend(self.observe(sample))
+        return decisions
+
+    def advance(self, now: float) -> list[Decision]:
+        return self._decide(self.engine.advance(now))
+
+    def release(self, mark: ReleaseMark) -> None:
+        """A release started. While a rollback runs, that release is the rollback landing."""
+        self.engine.release(mark)
+        if self.policy.rollback_running:
+            self.rollback_completed(mark.at)
+
+    def rollback_completed(self, at: float) -> None:
+        """Start post-rollback monitoring: checks already failing during the incident must fail
+        again after the rollback to page."""
+        self.policy.rollback_completed(at)
+        self.engine.rearm("post_rollback")
+
+    def acknowledge(self, at: float) -> None:
+        self.policy.acknowledge(at)

@@ -1,0 +1,1 @@
+"""Backtesting: recorded samples through engine and policy, every decision printed."""
