@@ -216,7 +216,10 @@ class RelativeCheck:
 
 class TrendCheck:
     """Growth over a full window, judged by least-squares slope, share of rising steps and total
-    growth. Sums are kept incrementally so each sample costs O(1) amortised."""
+    growth; and growth that goes on: the later half of the window must still rise at half the
+    overall rate or more, which tells a leak from a warm-up that has levelled off. Sums are kept
+    incrementally so each sample costs O(1) amortised; the later-half fit runs only when the
+    other tests already pass."""
 
     __slots__ = (
         "_condition",
@@ -310,9 +313,24 @@ class TrendCheck:
             slope > condition.min_slope
             and rising >= condition.min_rising
             and growth >= condition.min_growth
+            and self._later_half_slope() >= slope / 2
         ):
             return Outcome.BREACH
         return Outcome.CLEAR
+
+    def _later_half_slope(self) -> float:
+        points = self._points
+        middle = (points[0][0] + points[-1][0]) / 2
+        recent = [(at - middle, value) for at, value in points if at >= middle]
+        n = len(recent)
+        st = sum(t for t, _ in recent)
+        sv = sum(v for _, v in recent)
+        stt = sum(t * t for t, _ in recent)
+        stv = sum(t * v for t, v in recent)
+        denominator = n * stt - st * st
+        if n < 2 or denominator <= 0:
+            return 0.0
+        return (n * stv - st * sv) / denominator
 
     def release(self, at: float) -> None:
         # Growth across a deploy is a restart, not a leak: start the window afresh.
@@ -332,8 +350,10 @@ class TrendCheck:
         span = self._points[-1][0] - self._points[0][0]
         growth = slope * span / start if start > 0 else 0.0
         rising = self._rises / (self._n - 1)
+        later = self._later_half_slope()
         detail: dict[str, object] = {
             "slope_per_s": slope,
+            "later_half_slope_per_s": later,
             "growth": growth,
             "rising_share": rising,
             "samples": self._n,
@@ -341,7 +361,8 @@ class TrendCheck:
         }
         return (
             f"{self._signal} grew {growth:+.0%} over {format_duration(span)} "
-            f"(slope {fmt(slope)}/s, {rising:.0%} of {self._n - 1} steps rising; "
+            f"(slope {fmt(slope)}/s, later half {fmt(later)}/s, "
+            f"{rising:.0%} of {self._n - 1} steps rising; "
             f"limits: growth {condition.min_growth:.0%}, rising {condition.min_rising:.0%})",
             detail,
         )

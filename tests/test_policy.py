@@ -1,0 +1,163 @@
+"""The policy: rollback, page or resolve; one incident; cooldown, loop guard, shadow mode."""
+
+from __future__ import annotations
+
+from builders import STEP, T0, error_rate_rule, rule, series
+
+from spek_sentinel.domain.decisions import Action, Decision, Nothing, Page, PageKind, Resolve
+from spek_sentinel.domain.rules import Event, Severity, Threshold
+from spek_sentinel.domain.samples import ReleaseMark
+from spek_sentinel.domain.settings import PolicySettings
+from spek_sentinel.engine.sentinel import Sentinel
+
+BAD = 0.08
+GOOD = 0.01
+HOUR = 3600.0
+
+
+def immediate_event(name: str, playbook: str) -> object:
+    return rule(name, name, Event(), severity=Severity.IMMEDIATE, playbook=playbook)
+
+
+def actions(decisions: list[Decision]) -> list[tuple[str, str]]:
+    return [(d.verdict.rule.name, d.action.value) for d in decisions if d.action is not Action.NONE]
+
+
+def fire_error_rate(sentinel: Sentinel, start: float) -> list[Decision]:
+    """A bad deploy at ``start``: 6 minutes of 8% errors, then recovery for 3 minutes."""
+    bad = series("error_rate", [BAD] * 24, start=start)
+    good = series("error_rate", [GOOD] * 12, start=start + 24 * STEP)
+    return sentinel.observe_many(bad + good)
+
+
+def quiet_until(sentinel: Sentinel, start: float, end: float) -> list[Decision]:
+    """Healthy samples every step from ``start`` up to (not including) ``end``."""
+    count = int((end - start) // STEP)
+    return sentinel.observe_many(series("error_rate", [GOOD] * count, start=start))
+
+
+def test_immediate_rule_firing_rolls_back_with_its_playbook() -> None:
+    sentinel = Sentinel([error_rate_rule()])
+    decisions = fire_error_rate(sentinel, T0)
+    assert actions(decisions) == [("high_error_rate", "rollback"), ("high_error_rate", "resolve")]
+    rollback = next(d for d in decisions if d.action is Action.ROLLBACK)
+    assert rollback.playbook == "high_error_rate"  # type: ignore[union-attr]
+    assert rollback.verdict.at == T0 + 300
+    resolve = next(d for d in decisions if isinstance(d, Resolve))
+    assert resolve.incident == rollback.incident and resolve.incident_closed
+
+
+def test_evaluate_rule_firing_pages_and_never_rolls_back() -> None:
+    ws = rule("websocket_failures", "ws", Threshold(">", 0.1), for_=60.0, playbook="p")
+    sentinel = Sentinel([ws])
+    decisions = sentinel.observe_many(series("ws", [0.3] * 10))
+    pages = [d for d in decisions if isinstance(d, Page)]
+    assert [(p.kind, p.verdict.at - T0) for p in pages] == [(PageKind.BREACH, 60.0)]
+    assert "evaluate a rollback; its playbook would be p" in pages[0].reason
+    assert not any(d.action is Action.ROLLBACK for d in decisions)
+
+
+def test_rules_firing_together_make_one_incident_and_one_rollback() -> None:
+    sentinel = Sentinel(
+        [
+            immediate_event("data_corruption", "data_corruption"),
+            immediate_event("security_breach", "security_breach"),
+        ]
+    )
+    decisions = sentinel.observe_many(
+        series("data_corruption", [1]) + series("security_breach", [1])
+    )
+    assert actions(decisions) == [("data_corruption", "rollback"), ("security_breach", "page")]
+    rollback, page = decisions
+    assert isinstance(page, Page) and page.kind is PageKind.JOINED
+    assert page.incident == rollback.incident
+    assert "no second automatic rollback" in page.reason
+    assert sentinel.policy.incident is not None
+    assert sentinel.policy.incident.rules == ["data_corruption", "security_breach"]
+
+
+def test_after_an_automatic_rollback_breaches_page_until_a_human_acknowledges() -> None:
+    sentinel = Sentinel([error_rate_rule()], PolicySettings(cooldown=HOUR))
+    fire_error_rate(sentinel, T0)
+    assert actions(quiet_until(sentinel, T0 + 36 * STEP, T0 + 2 * HOUR)) == []
+    # a second bad episode two hours later: past the cooldown, but nobody acknowledged
+    second = fire_error_rate(sentinel, T0 + 2 * HOUR)
+    held = [d for d in second if isinstance(d, Page)]
+    assert [p.kind for p in held] == [PageKind.HELD]
+    assert "has not been acknowledged" in held[0].reason
+    sentinel.acknowledge(T0 + 2.5 * HOUR)
+    quiet_until(sentinel, T0 + 2 * HOUR + 36 * STEP, T0 + 3 * HOUR)
+    third = fire_error_rate(sentinel, T0 + 3 * HOUR)
+    assert ("high_error_rate", "rollback") in actions(third)
+
+
+def test_at_most_one_automatic_rollback_per_cooldown_even_when_acknowledged() -> None:
+    sentinel = Sentinel([error_rate_rule()], PolicySettings(cooldown=HOUR))
+    fire_error_rate(sentinel, T0)
+    sentinel.acknowledge(T0 + 600)
+    quiet_until(sentinel, T0 + 36 * STEP, T0 + 1200)
+    again = fire_error_rate(sentinel, T0 + 1200)
+    held = [d for d in again if isinstance(d, Page)]
+    assert [p.kind for p in held] == [PageKind.HELD]
+    assert "cooldown of 1h" in held[0].reason
+
+
+def test_shadow_mode_decides_and_pages_but_never_rolls_back() -> None:
+    sentinel = Sentinel([error_rate_rule()], PolicySettings(auto_rollback=False))
+    decisions = fire_error_rate(sentinel, T0)
+    pages = [d for d in decisions if isinstance(d, Page)]
+    assert [p.kind for p in pages] == [PageKind.SHADOW]
+    assert "would roll back" in pages[0].reason
+    assert not any(d.action is Action.ROLLBACK for d in decisions)
+
+
+def test_blind_signal_pages_once_and_resolves_when_sight_returns() -> None:
+    sentinel = Sentinel([error_rate_rule()])
+    blind = series("error_rate", ["timeout"] * 25)
+    back = series("error_rate", [GOOD], start=T0 + 25 * STEP)
+    decisions = sentinel.observe_many(blind + back)
+    pages = [d for d in decisions if isinstance(d, Page)]
+    assert [p.kind for p in pages] == [PageKind.BLIND]
+    assert pages[0].reason.startswith("sentinel blind: no usable error_rate sample for 5m")
+    resolves = [d for d in decisions if isinstance(d, Resolve)]
+    assert len(resolves) == 1 and "sees error_rate again" in resolves[0].reason
+    assert not any(d.action is Action.ROLLBACK for d in decisions)
+
+
+def test_unknown_and_pending_decide_nothing() -> None:
+    sentinel = Sentinel([error_rate_rule()])
+    decisions = sentinel.observe_many(series("error_rate", [BAD] + ["timeout"] * 4))
+    assert [d.verdict.state.value for d in decisions] == ["pending", "unknown"]
+    assert all(isinstance(d, Nothing) for d in decisions)
+    assert "unknown never triggers a rollback" in decisions[-1].reason
+
+
+def validation_rule() -> object:
+    return rule(
+        "validation.error_rate",
+        "error_rate",
+        Threshold(">=", 0.01),
+        for_=60.0,
+        phase="post_rollback",
+        description="Error rate should be <1% after rollback",
+    )
+
+
+def test_post_rollback_check_pages_when_a_limit_is_crossed_after_the_rollback_landed() -> None:
+    sentinel = Sentinel([error_rate_rule(), validation_rule()])
+    decisions = sentinel.observe_many(series("error_rate", [BAD] * 21))
+    assert ("high_error_rate", "rollback") in actions(decisions)
+    # the validation check has been failing all along; that alone must not page
+    assert not any(isinstance(d, Page) for d in decisions)
+    landed = T0 + 21 * STEP
+    sentinel.release(ReleaseMark(landed, "v1.4.0"))
+    after = sentinel.observe_many(series("error_rate", [0.02] * 6, start=landed))
+    pages = [d for d in after if isinstance(d, Page)]
+    assert [(p.kind, p.verdict.at - landed) for p in pages] == [(PageKind.VALIDATION, 60.0)]
+    assert "Error rate should be <1% after rollback" in pages[0].reason
+
+
+def test_post_rollback_checks_are_quiet_outside_the_monitoring_period() -> None:
+    sentinel = Sentinel([validation_rule()], PolicySettings(monitor_for=HOUR))
+    decisions = sentinel.observe_many(series("error_rate", [0.02] * 10))
+    assert all(isinstance(d, Nothing) for d in decisions)
