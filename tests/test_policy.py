@@ -161,3 +161,14 @@ def test_post_rollback_checks_are_quiet_outside_the_monitoring_period() -> None:
     sentinel = Sentinel([validation_rule()], PolicySettings(monitor_for=HOUR))
     decisions = sentinel.observe_many(series("error_rate", [0.02] * 10))
     assert all(isinstance(d, Nothing) for d in decisions)
+
+
+def test_one_blind_page_per_signal_however_many_rules_read_it() -> None:
+    sentinel = Sentinel([error_rate_rule(), validation_rule()])
+    blind = series("error_rate", ["timeout"] * 25)
+    back = series("error_rate", [GOOD], start=T0 + 25 * STEP)
+    decisions = sentinel.observe_many(blind + back)
+    assert [d.action for d in decisions if d.action is not Action.NONE] == [
+        Action.PAGE,
+        Action.RESOLVE,
+    ]

@@ -31,6 +31,7 @@ class Policy:
         self.rollback_running = False  # decided, not yet reported finished by the executor
         self.monitor_until = float("-inf")
         self._validation_paged: set[str] = set()
+        self._blind: dict[str, set[str]] = {}  # signal -> rules blind on it
         self._incident_count = 0
 
     # -- human input --------------------------------------------------------------------------
@@ -47,18 +48,32 @@ class Policy:
 
     # -- verdicts -----------------------------------------------------------------------------
 
+    def _blindness(self, verdict: Verdict) -> Decision | None:
+        """One blind page per signal, however many rules read it; resolved when all see."""
+        signal = verdict.rule.signal
+        blind_rules = self._blind.setdefault(signal, set())
+        if verdict.sight_restored:
+            blind_rules.discard(verdict.rule.name)
+            if not blind_rules:
+                del self._blind[signal]
+                return Resolve(verdict, None, f"sentinel sees {signal} again (blind alert cleared)")
+        if verdict.blind:
+            first = not blind_rules
+            blind_rules.add(verdict.rule.name)
+            if first:
+                incident = self.incident.id if self.incident else None
+                reason = f"sentinel blind: {verdict.evidence}"
+                return Page(verdict, incident, PageKind.BLIND, reason)
+        if not blind_rules:
+            self._blind.pop(signal, None)
+        return None
+
     def decide(self, verdict: Verdict) -> list[Decision]:
         decisions: list[Decision] = []
-        signal = verdict.rule.signal
-        if verdict.sight_restored:
-            decisions.append(
-                Resolve(verdict, None, f"sentinel sees {signal} again (blind alert cleared)")
-            )
-        if verdict.blind:
-            incident = self.incident.id if self.incident else None
-            decisions.append(
-                Page(verdict, incident, PageKind.BLIND, f"sentinel blind: {verdict.evidence}")
-            )
+        if verdict.blind or verdict.sight_restored:
+            blindness = self._blindness(verdict)
+            if blindness is not None:
+                decisions.append(blindness)
         if verdict.rule.phase == "post_rollback":
             action = self._validation(verdict)
         elif verdict.state is RuleState.FIRING and verdict.previous is not RuleState.FIRING:
