@@ -44,7 +44,7 @@ def rule(name: str, signal: str, condition: Condition, **overrides: object) -> R
 
 def series(
     signal: str,
-    values: Sequence[float | None | str],
+    values: Sequence[float | str | None],
     start: float = T0,
     step: float = STEP,
     volume: float | None = None,

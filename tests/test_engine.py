@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 from builders import STEP, T0, error_rate_rule, rule, run, series, states
-
 from spek_sentinel.domain.rules import (
     Baseline,
     Event,
@@ -50,7 +49,7 @@ def test_gap_longer_than_max_gap_restarts_the_window() -> None:
 
 def test_single_probe_error_inside_max_gap_keeps_the_window() -> None:
     engine = Engine([error_rate_rule()])
-    values: list[float | None | str] = [BAD] * 22
+    values: list[float | str | None] = [BAD] * 22
     values[8] = "prometheus: query timed out"
     verdicts = run(engine, series("error_rate", values))
     assert states(verdicts) == [(0.0, "pending"), (300.0, "firing")]
@@ -59,7 +58,7 @@ def test_single_probe_error_inside_max_gap_keeps_the_window() -> None:
 
 def test_errors_past_max_gap_make_the_rule_unknown_and_lose_the_window() -> None:
     engine = Engine([error_rate_rule()])
-    values: list[float | None | str] = [BAD] * 8 + ["timeout"] * 4 + [BAD] * 21
+    values: list[float | str | None] = [BAD] * 8 + ["timeout"] * 4 + [BAD] * 21
     verdicts = run(engine, series("error_rate", values))
     assert states(verdicts)[:3] == [(0.0, "pending"), (165.0, "unknown"), (180.0, "pending")]
     fired = [v for v in verdicts if v.state is RuleState.FIRING]
@@ -68,7 +67,7 @@ def test_errors_past_max_gap_make_the_rule_unknown_and_lose_the_window() -> None
 
 def test_only_errors_and_no_data_never_fire_and_go_blind_once() -> None:
     engine = Engine([error_rate_rule()])
-    values: list[float | None | str] = ["connection refused", None] * 40
+    values: list[float | str | None] = ["connection refused", None] * 40
     verdicts = run(engine, series("error_rate", values))
     assert all(v.state is not RuleState.FIRING for v in verdicts)
     assert states(verdicts) == [(60.0, "unknown"), (300.0, "unknown blind")]

@@ -28,7 +28,7 @@ def imports(path: Path) -> set[str]:
 
 
 def outside_allowed(module: str, allowed: set[str]) -> bool:
-    top = module.split(".")[0]
+    top = module.split(".", maxsplit=1)[0]
     if top in sys.stdlib_module_names or top == "__future__":
         return False
     return not any(module == a or module.startswith(a + ".") for a in allowed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from builders import STEP, T0, error_rate_rule, rule, series
-
 from spek_sentinel.domain.decisions import Action, Decision, Nothing, Page, PageKind, Resolve
 from spek_sentinel.domain.rules import Event, Severity, Threshold
 from spek_sentinel.domain.samples import ReleaseMark

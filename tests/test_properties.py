@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
-from builders import T0
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from builders import T0
 from spek_sentinel.config import Config, load_config
 from spek_sentinel.domain.decisions import Action, Decision
 from spek_sentinel.domain.rules import RuleState
@@ -112,7 +113,7 @@ def test_same_decisions_whatever_the_batching(samples: list[Sample], cuts: list[
     batched = Sentinel(CONFIG.rules, CONFIG.policy)
     got: list[Decision] = []
     start = 0
-    for size in cuts + [len(samples)]:
+    for size in [*cuts, len(samples)]:
         got += batched.observe_many(samples[start : start + size])
         start += size
     assert records(got) == records(expected)
@@ -162,7 +163,7 @@ def test_at_most_one_rollback_per_cooldown_and_none_again_without_an_ack(
             if decision.action is Action.ROLLBACK:
                 rollbacks.append(decision.verdict.at)
     event(f"rollbacks: {min(len(rollbacks), 3)}")
-    for earlier, later in zip(rollbacks, rollbacks[1:], strict=False):
+    for earlier, later in itertools.pairwise(rollbacks):
         assert later - earlier >= CONFIG.policy.cooldown
         assert any(earlier <= ack <= later for ack in acks)
 

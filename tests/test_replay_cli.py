@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from builders import T0
 
+from builders import T0
 from spek_sentinel.cli import main
 
 ROOT = Path(__file__).parent.parent
@@ -22,7 +22,7 @@ def write_series(path: Path, rows: list[dict[str, object]]) -> str:
     return str(path)
 
 
-def error_rate_rows(values: list[float | None | str], start: float = T0) -> list[dict[str, object]]:
+def error_rate_rows(values: list[float | str | None], start: float = T0) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for index, value in enumerate(values):
         row: dict[str, object] = {"ts": start + index * STEP, "signal": "error_rate"}

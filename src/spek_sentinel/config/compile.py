@@ -5,6 +5,7 @@ Every problem is collected with its key path; nothing is compiled unless all row
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from spek_sentinel.config.models import (
@@ -64,14 +65,16 @@ def to_unit(value: ThresholdValue, unit: Unit) -> float:
     """Read a threshold in the signal's unit; raises ValueError with the accepted forms."""
     if isinstance(value, str):
         text = value.strip()
-        if unit == "ratio" and text.endswith("%"):
-            number = float(text[:-1]) / 100
+        if unit == "ratio":
+            if not re.fullmatch(r"\d+(\.\d+)?\s*%", text):
+                raise ValueError(f"{value!r}: write a ratio as a number like 0.05 or as '5%'")
+            number = float(text.rstrip("%")) / 100
         elif unit == "seconds":
             number = parse_duration(text)
         elif unit == "bytes":
             number = parse_size(text)
         else:
-            raise ValueError(f"{value!r}: a {unit} threshold is a plain number")
+            raise ValueError(f"{value!r}: thresholds on a {unit} signal are plain numbers, no unit")
     else:
         number = float(value)
     if unit == "ratio" and not 0 <= number <= 1:
@@ -153,11 +156,6 @@ def _rule(
     problems: _Problems,
 ) -> Rule | None:
     path = f"rules[{index}]"
-    source = sources.get(row.signal)
-    if source is None:
-        known = ", ".join(sorted(sources)) or "none"
-        problems.add(f"{path}.signal", f"unknown signal {row.signal!r}; probes define: {known}")
-        return None
     if row.severity == "immediate" and row.playbook is None:
         problems.add(f"{path}.playbook", "an immediate rule must name the playbook to run")
     if row.playbook is not None and row.playbook not in model.playbooks:
@@ -168,6 +166,11 @@ def _rule(
             f"{path}.missing",
             "'breach' is not allowed on an immediate rule: missing data never starts a rollback",
         )
+    source = sources.get(row.signal)
+    if source is None:
+        known = ", ".join(sorted(sources)) or "none"
+        problems.add(f"{path}.signal", f"unknown signal {row.signal!r}; probes define: {known}")
+        return None
     condition = _condition(row, source.spec.unit, path, problems)
     if condition is None:
         return None

@@ -46,6 +46,8 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
         or (parts[0] == "probes" and parts[2] in PROBE_KINDS)
     ):
         del parts[2]  # the discriminated-union tag pydantic inserts; not a key in the file
+    if parts and parts[-1] == "[key]":
+        del parts[-1]  # pydantic's marker for "the key itself, not its value"
     path = ""
     for part in parts:
         if isinstance(part, int):
@@ -57,8 +59,39 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
+def _shown(value: Any) -> str:
+    """A value as the file spells it, kept short."""
+    text = str(value).lower() if isinstance(value, bool) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_BOUNDS = {
+    "greater_than": ("gt", "greater than"),
+    "greater_than_equal": ("ge", "at least"),
+    "less_than": ("lt", "less than"),
+    "less_than_equal": ("le", "at most"),
+}
+_EXPECTED = {
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "string_type": "a quoted string",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+    "list_type": "a list [...]",
+}
+
+
 def _reason(error: Mapping[str, Any]) -> str:
+    """The reason in the file's terms, not pydantic's."""
     kind = error["type"]
+    ctx: Mapping[str, Any] = error.get("ctx", {})
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
@@ -66,18 +99,36 @@ def _reason(error: Mapping[str, Any]) -> str:
     if kind == "union_tag_not_found":
         return "missing 'kind'"
     if kind == "union_tag_invalid":
-        expected = error.get("ctx", {}).get("expected_tags", "")
+        expected = ctx.get("expected_tags", "")
         return f"unknown kind {error['input'].get('kind')!r}; expected one of {expected}"
+    got = _shown(error.get("input"))
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, not {got}"
+    if kind == "literal_error":
+        return f"{got} is not one of {ctx.get('expected', '')}"
+    if kind in _BOUNDS:
+        key, words = _BOUNDS[kind]
+        return f"must be {words} {ctx.get(key)}, not {got}"
+    if kind == "string_pattern_mismatch":  # only names carry a pattern
+        return f"{got} is not a valid name: lower-case letters, digits and '_', starting a-z"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters long"
+    if kind == "too_short":
+        return "must not be empty"
     message = str(error["msg"])
     return re.sub(r"^(Value error|Assertion failed), ", "", message)
 
 
 def _source_for(path: str, file: str, overrides: Mapping[str, str]) -> str:
-    dotted = re.sub(r"\[\d+\]", "", path)
-    for key, var in overrides.items():
-        if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
-            return f"{file} (overridden by {var})"
-    return file
+    """The file, plus the variables that overrode the value at (or above, or below) ``path``."""
+    variables = [
+        var
+        for key, var in overrides.items()
+        if path == key
+        or path.startswith((key + ".", key + "["))
+        or key.startswith((path + ".", path + "["))
+    ]
+    return f"{file} (overridden by {', '.join(variables)})" if variables else file
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -93,23 +144,22 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([ConfigProblem(name, "", f"not valid TOML: {exc}")]) from None
 
+    # An override that cannot be applied is reported together with everything else wrong.
     overrides, override_problems = apply_overrides(document, environ)
-    if override_problems:
-        raise ConfigError([ConfigProblem(var, "", why) for var, why in override_problems])
+    problems = [ConfigProblem(var, "", why) for var, why in override_problems]
     try:
         model = ConfigModel.model_validate(document)
     except ValidationError as exc:
-        problems = []
         for error in exc.errors():
             key = _key_path(error["loc"])
             problems.append(ConfigProblem(_source_for(key, name, overrides), key, _reason(error)))
         raise ConfigError(problems) from None
 
     rules, found = compile_rules(model)
-    if found:
-        raise ConfigError(
-            [ConfigProblem(_source_for(key, name, overrides), key, why) for key, why in found]
-        )
+    for key, why in found:
+        problems.append(ConfigProblem(_source_for(key, name, overrides), key, why))
+    if problems:
+        raise ConfigError(problems)
     policy = PolicySettings(
         auto_rollback=model.sentinel.auto_rollback,
         cooldown=model.sentinel.cooldown,

@@ -1,4 +1,4 @@
-"""The shape of thresholds.toml. Cross-references are checked in ``crosscheck``."""
+"""The shape of thresholds.toml. Cross-references between sections are checked in compile.py."""
 
 from __future__ import annotations
 

@@ -23,21 +23,27 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-def _step(node: Any, segment: str, var: str) -> Any:
+def _step(node: Any, segment: str, where: str, var: str) -> tuple[Any, str]:
+    """One segment down; returns the node and its key path as problems name it (``rules[0]``)."""
     if isinstance(node, dict):
-        return node.setdefault(segment, {})
+        return node.setdefault(segment, {}), f"{where}.{segment}" if where else segment
     if isinstance(node, list):
-        for item in node:
+        for index, item in enumerate(node):
             if isinstance(item, dict) and item.get("name") == segment:
-                return item
-        raise ValueError(f"{var}: no entry named {segment!r} to override")
+                return item, f"{where}[{index}]"
+        names = ", ".join(str(i.get("name")) for i in node if isinstance(i, dict)) or "none"
+        raise ValueError(f"{var}: {where} has no entry named {segment!r}; names: {names}")
     raise ValueError(f"{var}: cannot descend into a {type(node).__name__} at {segment!r}")
 
 
 def apply_overrides(
     document: dict[str, Any], environ: Mapping[str, str]
 ) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Apply overrides in place. Returns {key path: variable} and the problems found."""
+    """Apply overrides in place.
+
+    Returns {key path: variable}, paths written as problems name them (``rules[0].above``),
+    and the problems found.
+    """
     applied: dict[str, str] = {}
     problems: list[tuple[str, str]] = []
     for var in sorted(environ):
@@ -49,13 +55,20 @@ def apply_overrides(
             continue
         try:
             node: Any = document
+            where = ""
             for segment in segments[:-1]:
-                node = _step(node, segment, var)
+                node, where = _step(node, segment, where, var)
+            if isinstance(node, list):
+                parent = "__".join(segments[:-1]).upper()
+                raise ValueError(
+                    f"{var}: {where} is a list; pick an entry by its name, "
+                    f"e.g. {PREFIX}{parent}__<NAME>__{segments[-1].upper()}"
+                )
             if not isinstance(node, dict):
-                raise ValueError(f"{var}: {'.'.join(segments[:-1])} is not a table")
+                raise ValueError(f"{var}: {where} is not a table")
         except ValueError as exc:
             problems.append((var, str(exc).split(": ", 1)[1]))
             continue
         node[segments[-1]] = _parse_value(environ[var])
-        applied[".".join(segments)] = var
+        applied[f"{where}.{segments[-1]}"] = var
     return applied, problems
