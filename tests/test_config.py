@@ -506,3 +506,19 @@ def test_any_overrides_give_a_config_or_a_config_error(environ: dict[str, str]) 
     else:
         assert isinstance(config, Config)
         assert len(config.watch_rules) == 12
+
+
+def test_negative_threshold_on_a_non_negative_signal_is_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, edit_rule(SHIPPED_TEXT, "low_render_fps", "below = 30", "below = -30"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ=NO_ENV)
+    [problem] = caught.value.problems
+    assert problem.path == f"rules[{RULE_INDEX['low_render_fps']}].below"
+    assert "negative" in problem.reason
+
+
+def test_rules_know_the_probe_behind_their_signal() -> None:
+    config = shipped()
+    assert rule(config, "high_error_rate").probe == "app_metrics"
+    assert rule(config, "database_unreachable").probe == "database"
+    assert rule(config, "validation.memory").probe == "app_container"

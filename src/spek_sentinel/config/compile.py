@@ -79,6 +79,8 @@ def to_unit(value: ThresholdValue, unit: Unit) -> float:
         number = float(value)
     if unit == "ratio" and not 0 <= number <= 1:
         raise ValueError(f"{value!r} is outside [0, 1] for a ratio signal (write 0.05 or '5%')")
+    if number < 0:
+        raise ValueError(f"{value!r} is negative; a {unit} signal is never below 0")
     return number
 
 
@@ -192,6 +194,7 @@ def _rule(
         missing=row.missing,
         playbook=row.playbook,
         description=row.description,
+        probe=source.probe,
     )
 
 
@@ -224,6 +227,7 @@ def _validation_rules(
                 max_gap=source.interval * model.defaults.max_gap_intervals,
                 blind_after=model.defaults.blind_after,
                 phase="post_rollback",
+                probe=source.probe,
                 description=check.description or f"{check.signal} must stay below {check.below}",
             )
         )

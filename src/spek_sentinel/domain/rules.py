@@ -89,3 +89,4 @@ class Rule:
     playbook: str | None = None
     phase: Phase = "watch"
     description: str = ""
+    probe: str = ""  # the probe that produces the signal, named when the sentinel is blind

@@ -108,7 +108,9 @@ class RuleMachine:
 
     def _blind_evidence(self, silent_for: float) -> str:
         cause = f"last error: {self.last_error}" if self.last_error else "no data"
-        return f"no usable {self.rule.signal} sample for {format_duration(silent_for)} ({cause})"
+        source = f" from probe {self.rule.probe}" if self.rule.probe else ""
+        silent = format_duration(silent_for)
+        return f"no usable {self.rule.signal} sample{source} for {silent} ({cause})"
 
     # -- samples ----------------------------------------------------------------------------
 
