@@ -30,6 +30,14 @@ class Outcome(enum.Enum):
     INSUFFICIENT = "insufficient"  # the probe sees, but too little to judge (volume, history)
 
 
+# Module-level names: an enum member lookup costs ~10x a global on the per-sample path.
+BREACH = Outcome.BREACH
+HOLD = Outcome.HOLD
+CLEAR = Outcome.CLEAR
+INSUFFICIENT = Outcome.INSUFFICIENT
+_LEARNING_STATES = frozenset({RuleState.OK, RuleState.UNKNOWN, RuleState.RESOLVED})
+
+
 class Check(Protocol):
     def judge(self, at: float, value: float, volume: float | None, state: RuleState) -> Outcome:
         """Classify one usable value. ``state`` is the rule's state before this sample."""
@@ -58,20 +66,20 @@ class ThresholdCheck:
 
     def judge(self, at: float, value: float, volume: float | None, state: RuleState) -> Outcome:
         if self._min_volume is not None and volume is not None and volume < self._min_volume:
-            return Outcome.INSUFFICIENT
+            return INSUFFICIENT
         limit = self._limit
         if self._above:
             breach = value >= limit if self._inclusive else value > limit
         else:
             breach = value <= limit if self._inclusive else value < limit
         if breach:
-            return Outcome.BREACH
+            return BREACH
         clear = self._clear
         if clear is None:
-            return Outcome.CLEAR
+            return CLEAR
         if self._above:
-            return Outcome.CLEAR if value <= clear else Outcome.HOLD
-        return Outcome.CLEAR if value >= clear else Outcome.HOLD
+            return CLEAR if value <= clear else HOLD
+        return CLEAR if value >= clear else HOLD
 
     def release(self, at: float) -> None:
         return None
@@ -159,18 +167,18 @@ class RelativeCheck:
         condition = self._condition
         min_volume = condition.min_volume
         if min_volume is not None and volume is not None and volume < min_volume:
-            return Outcome.INSUFFICIENT
+            return INSUFFICIENT
         baseline = self._baseline = self._current_baseline(at)
-        if state in (RuleState.OK, RuleState.UNKNOWN, RuleState.RESOLVED):
+        if state in _LEARNING_STATES:
             self._rolling.add(at, value)
         if baseline is None or baseline <= 0:
-            return Outcome.INSUFFICIENT
+            return INSUFFICIENT
         if value > baseline * (1 + condition.increase):
-            return Outcome.BREACH
+            return BREACH
         clear_increase = condition.clear_increase
         if clear_increase is None or value <= baseline * (1 + clear_increase):
-            return Outcome.CLEAR
-        return Outcome.HOLD
+            return CLEAR
+        return HOLD
 
     def release(self, at: float) -> None:
         if self._condition.baseline.method != "before_release":
@@ -296,14 +304,14 @@ class TrendCheck:
 
     def judge(self, at: float, value: float, volume: float | None, state: RuleState) -> Outcome:
         if at < self._warm_until:
-            return Outcome.INSUFFICIENT
+            return INSUFFICIENT
         self._add(at, value)
         self._evict(at - self._condition.window)
         if not self._window_full():
-            return Outcome.INSUFFICIENT
+            return INSUFFICIENT
         fit = self._fit()
         if fit is None:
-            return Outcome.CLEAR
+            return CLEAR
         slope, start = fit
         condition = self._condition
         span = self._points[-1][0] - self._points[0][0]
@@ -315,8 +323,8 @@ class TrendCheck:
             and growth >= condition.min_growth
             and self._later_half_slope() >= slope / 2
         ):
-            return Outcome.BREACH
-        return Outcome.CLEAR
+            return BREACH
+        return CLEAR
 
     def _later_half_slope(self) -> float:
         points = self._points
@@ -376,7 +384,7 @@ class EventCheck:
         self._at_least = condition.at_least
 
     def judge(self, at: float, value: float, volume: float | None, state: RuleState) -> Outcome:
-        return Outcome.BREACH if value >= self._at_least else Outcome.CLEAR
+        return BREACH if value >= self._at_least else CLEAR
 
     def release(self, at: float) -> None:
         return None

@@ -18,7 +18,7 @@ from spek_sentinel.domain.rules import Rule, RuleState
 from spek_sentinel.domain.samples import Sample
 from spek_sentinel.domain.units import format_duration
 from spek_sentinel.domain.verdicts import Verdict
-from spek_sentinel.engine.checks import Check, Outcome, check_for
+from spek_sentinel.engine.checks import BREACH, CLEAR, HOLD, INSUFFICIENT, Check, Outcome, check_for
 
 _OK = RuleState.OK
 _PENDING = RuleState.PENDING
@@ -130,7 +130,7 @@ class RuleMachine:
         missing = self.rule.missing
         if missing == "unknown":
             return self.advance(at)
-        return self._apply(at, Outcome.CLEAR if missing == "ok" else Outcome.BREACH, None, None)
+        return self._apply(at, CLEAR if missing == "ok" else BREACH, None, None)
 
     def _apply(
         self, at: float, outcome: Outcome, value: float | None, volume: float | None
@@ -145,7 +145,7 @@ class RuleMachine:
             self.last_error = None
         rule = self.rule
 
-        if outcome is Outcome.BREACH:
+        if outcome is BREACH:
             if previous is _FIRING:
                 self.clear_since = None
             else:
@@ -161,14 +161,14 @@ class RuleMachine:
                     self.clear_since = None
             self.last_breach_at = at
         elif previous is _FIRING:
-            if outcome is Outcome.CLEAR:
+            if outcome is CLEAR:
                 if self.clear_since is None:
                     self.clear_since = at
                 if at - self.clear_since >= rule.keep_firing_for:
                     self.state = _RESOLVED
-            elif outcome is Outcome.HOLD:
+            elif outcome is HOLD:
                 self.clear_since = None
-        elif outcome is Outcome.INSUFFICIENT:
+        elif outcome is INSUFFICIENT:
             # The probe sees but cannot judge (no traffic, no baseline): neither breach nor clear.
             if (previous is _PENDING and at - self.last_breach_at > rule.max_gap) or previous in (
                 _UNKNOWN,

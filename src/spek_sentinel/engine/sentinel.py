@@ -26,7 +26,8 @@ class Sentinel:
         return decisions
 
     def observe(self, sample: Sample) -> list[Decision]:
-        return self._decide(self.engine.observe(sample))
+        verdicts = self.engine.observe(sample)
+        return self._decide(verdicts) if verdicts else []
 
     def observe_many(self, samples: Iterable[Sample]) -> list[Decision]:
         decisions: list[Decision] = []
