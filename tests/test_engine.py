@@ -263,6 +263,18 @@ def test_event_rule_with_min_samples_needs_confirmation() -> None:
     ]
 
 
+def test_a_sample_slightly_older_than_another_signals_newest_is_still_judged() -> None:
+    # probes run concurrently: the database probe may report t=100 after Prometheus reported t=101
+    db = rule("database_unreachable", "db_up", Threshold("<", 1))
+    engine = Engine([error_rate_rule(for_=0.0), db])
+    engine.observe(Sample("error_rate", T0 + 101, value=GOOD))
+    verdicts = engine.observe(Sample("db_up", T0 + 100, value=0))
+    assert [(v.rule.name, v.state) for v in verdicts] == [
+        ("database_unreachable", RuleState.FIRING)
+    ]
+    assert engine.out_of_order == 0
+
+
 def test_out_of_order_samples_are_ignored_and_counted() -> None:
     engine = Engine([error_rate_rule(for_=0.0)])
     run(engine, series("error_rate", [GOOD], start=T0 + 100))

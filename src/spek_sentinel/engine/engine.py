@@ -37,6 +37,7 @@ class Engine:
         self._started = False
         self._next_deadline = float("inf")
         self.now = float("-inf")
+        self._last_at: dict[str, float] = {}
         self.out_of_order = 0
         self.unrouted = 0
 
@@ -69,13 +70,17 @@ class Engine:
         return verdicts
 
     def observe(self, sample: Sample) -> list[Verdict]:
+        """Judge one sample. Order matters per signal only: probes run concurrently, so a
+        sample may be a little older than another signal's newest one."""
         at = sample.at
-        if at < self.now:
+        signal = sample.signal
+        last = self._last_at.get(signal)
+        if last is not None and at < last:
             self.out_of_order += 1
             return []
+        self._last_at[signal] = at
         verdicts = self.advance(at) if at >= self._next_deadline or not self._started else []
-        self.now = at
-        machines = self._by_signal.get(sample.signal)
+        machines = self._by_signal.get(signal)
         if machines is None:
             self.unrouted += 1
             return verdicts
