@@ -1,0 +1,95 @@
+"""The probe contract and the one wrapper every probe runs through.
+
+A probe's ``collect`` returns a value (or None for no data) per declared signal. It may raise:
+``observe`` turns a timeout or any exception into error samples for every signal the probe
+declares, so a broken probe shows up as UNKNOWN and never stops the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from spek_sentinel.domain.errors import ProbeError
+from spek_sentinel.domain.samples import Sample
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@/\s]+@", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a probe saw for one signal: a number, None (no data), and the traffic behind it."""
+
+    value: float | None
+    volume: float | None = None
+
+
+class Probe(Protocol):
+    """One source of samples, built from a ``[probes.NAME]`` section."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def interval(self) -> float: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    @property
+    def signals(self) -> tuple[str, ...]: ...
+
+    async def collect(self) -> Mapping[str, Reading | float | None]:
+        """Read every signal once. Missing signals count as no data."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and clients."""
+        ...
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Remove passwords from URLs/DSNs and any listed secret from ``text``."""
+    text = _URL_PASSWORD.sub(r"\g<head>***@", text)
+    text = _KEYWORD_PASSWORD.sub(r"\g<head>***", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ProbeError):
+        return str(exc)
+    message = str(exc).strip()
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+async def observe(
+    probe: Probe,
+    clock: Callable[[], float] = time.time,
+    secrets: Iterable[str] = (),
+) -> list[Sample]:
+    """Run one collection under the probe's timeout. Never raises (except cancellation)."""
+    at = clock()
+    try:
+        readings = await asyncio.wait_for(probe.collect(), probe.timeout)
+    except TimeoutError:
+        error = f"probe {probe.name}: timed out after {probe.timeout:g}s"
+        return [Sample(signal, at, error=error) for signal in probe.signals]
+    except Exception as exc:  # every failure is data: an error sample, never a crash
+        error = redact(f"probe {probe.name}: {_describe(exc)}", secrets)
+        return [Sample(signal, at, error=error) for signal in probe.signals]
+    samples = []
+    for signal in probe.signals:
+        reading = readings.get(signal)
+        if isinstance(reading, Reading):
+            samples.append(Sample(signal, at, value=reading.value, volume=reading.volume))
+        else:
+            samples.append(Sample(signal, at, value=reading))
+    return samples
