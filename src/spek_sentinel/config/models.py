@@ -20,6 +20,7 @@ from spek_sentinel.config.types import (
 class SentinelSettings(StrictModel):
     auto_rollback: bool = True  # false = shadow mode: decide and page, never execute
     cooldown: Duration = 3600.0  # at most one automatic rollback per cooldown
+    state_dir: str = "/var/lib/spek-sentinel"  # incidents, pushed signals, journal (SQLite)
 
 
 class Defaults(StrictModel):

@@ -64,3 +64,16 @@ def format_size(size: float) -> str:
         if abs(size) >= scale:
             return f"{size / scale:.3g}{unit}"
     return f"{size:.0f}B"
+
+
+def format_value(value: float, unit: str) -> str:
+    """A value as an on-call engineer reads it: 5.2%, 180ms, 96MB, 57 fps."""
+    if unit == "ratio":
+        return f"{value:.2%}"
+    if unit == "seconds":
+        return f"{value * 1000:.0f}ms" if value < 10 else format_duration(value)
+    if unit == "bytes":
+        return format_size(value)
+    if unit == "fps":
+        return f"{value:.4g} fps"
+    return f"{value:.4g}"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 from spek_sentinel.config import Config
 from spek_sentinel.domain.errors import ConfigError, ConfigProblem
+from spek_sentinel.probes import pushed
 from spek_sentinel.probes.base import Probe
 
 
@@ -45,7 +47,12 @@ def build_probes(config: Config, environ: Mapping[str, str]) -> list[Probe]:
     for name, model in config.model.probes.items():
         interval = model.interval or defaults.interval
         try:
-            probes.append(factory_for(model.kind)(name, model, interval, environ))
+            if model.kind == "pushed":
+                # pushed signals live in the state store, not behind a network address
+                state_dir = Path(config.model.sentinel.state_dir)
+                probes.append(pushed.build(name, model, interval, environ, state_dir))
+            else:
+                probes.append(factory_for(model.kind)(name, model, interval, environ))
         except ConfigError as exc:
             problems.extend(exc.problems)
         except ValueError as exc:

@@ -1,0 +1,1 @@
+"""One module per `spek-sentinel` subcommand: ``add_parser`` and ``run(args, out, err)``."""

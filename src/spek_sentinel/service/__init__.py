@@ -1,0 +1,1 @@
+"""Composition: wiring config, probes, engine, policy and actions together."""

@@ -1,0 +1,35 @@
+"""`spek-sentinel check`: every probe once, concurrently, then a one-shot judgement."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from spek_sentinel.config import Config
+from spek_sentinel.domain.samples import Sample
+from spek_sentinel.engine.snapshot import RuleCheck, exit_code, judge_all
+from spek_sentinel.probes.base import Probe, observe
+from spek_sentinel.probes.registry import build_probes
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    samples: dict[str, Sample]
+    checks: list[RuleCheck]
+    exit_code: int
+
+
+async def _observe_all(probes: list[Probe]) -> list[Sample]:
+    try:
+        batches = await asyncio.gather(*(observe(probe) for probe in probes))
+    finally:
+        await asyncio.gather(*(probe.aclose() for probe in probes), return_exceptions=True)
+    return [sample for batch in batches for sample in batch]
+
+
+def run_check(config: Config, environ: Mapping[str, str]) -> CheckReport:
+    probes = build_probes(config, environ)
+    samples = {sample.signal: sample for sample in asyncio.run(_observe_all(probes))}
+    checks = judge_all(config.rules, samples)
+    return CheckReport(samples, checks, exit_code(checks))

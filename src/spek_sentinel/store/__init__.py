@@ -1,0 +1,1 @@
+"""Durable state. SQLite by default; the contract is in ``base``."""

@@ -1,0 +1,102 @@
+"""SQLite state store: one file under the state dir, WAL, schema versioned by user_version."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from spek_sentinel.store.base import PushedSignal
+
+STATE_FILE = "sentinel.sqlite3"
+
+# Append only: each entry migrates from version index to index + 1.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE pushed_signals (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        value REAL NOT NULL,
+        reason TEXT NOT NULL,
+        pushed_by TEXT NOT NULL,
+        pushed_at REAL NOT NULL,
+        resolved_at REAL,
+        resolved_by TEXT,
+        resolve_reason TEXT
+    );
+    CREATE INDEX pushed_signals_open ON pushed_signals (name, resolved_at, pushed_at);
+    """,
+)
+
+
+class SchemaTooNewError(RuntimeError):
+    pass
+
+
+def migrate(connection: sqlite3.Connection) -> int:
+    """Bring the schema to the newest version; returns it. Refuses a newer schema than known,
+    which means a newer spek-sentinel wrote this file: downgrading would lose data."""
+    version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(MIGRATIONS):
+        raise SchemaTooNewError(
+            f"state schema version {version} is newer than this spek-sentinel knows "
+            f"({len(MIGRATIONS)}); run the newer version or restore a matching state file"
+        )
+    for index in range(version, len(MIGRATIONS)):
+        with connection:
+            connection.executescript(
+                f"BEGIN; {MIGRATIONS[index]} PRAGMA user_version = {index + 1}; COMMIT;"
+            )
+    return len(MIGRATIONS)
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA busy_timeout = 5000")
+        self._db.execute("PRAGMA synchronous = FULL")
+        migrate(self._db)
+
+    @classmethod
+    def in_dir(cls, state_dir: Path) -> SqliteStore:
+        return cls(state_dir / STATE_FILE)
+
+    def push(self, name: str, value: float, reason: str, by: str, at: float) -> PushedSignal:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO pushed_signals (name, value, reason, pushed_by, pushed_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, value, reason, by, at),
+            )
+        return PushedSignal(name, value, reason, by, at)
+
+    def resolve(self, name: str, reason: str, by: str, at: float) -> int:
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE pushed_signals SET resolved_at = ?, resolved_by = ?, resolve_reason = ? "
+                "WHERE name = ? AND resolved_at IS NULL",
+                (at, by, reason, name),
+            )
+            return cursor.rowcount
+
+    def current(self, names: list[str]) -> dict[str, PushedSignal]:
+        found: dict[str, PushedSignal] = {}
+        with self._lock:
+            for name in names:
+                row = self._db.execute(
+                    "SELECT value, reason, pushed_by, pushed_at FROM pushed_signals "
+                    "WHERE name = ? AND resolved_at IS NULL ORDER BY pushed_at DESC, id DESC "
+                    "LIMIT 1",
+                    (name,),
+                ).fetchone()
+                if row is not None:
+                    found[name] = PushedSignal(name, float(row[0]), row[1], row[2], float(row[3]))
+        return found
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
