@@ -6,6 +6,7 @@ so that a typo is caught by ``validate`` and not at 3 a.m.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -47,11 +48,76 @@ class ProbeBase(StrictModel):
 
 class PrometheusProbe(ProbeBase):
     kind: Literal["prometheus"]
-    url: str
+    url: str  # http(s)://host:port[/prefix] of the Prometheus HTTP API
+    # the token comes from the environment or a file (re-read each run), never the table
+    bearer_token_env: str | None = None
+    bearer_token_file: str | None = None
+    tls_ca_file: str | None = None
+    tls_insecure_skip_verify: bool = False
 
     def check_signal(self, name: str, spec: SignalSpec) -> None:
         if not spec.query or spec.measure is not None or spec.sql is not None:
             raise ValueError(f"signal {name!r}: a prometheus signal needs 'query' (PromQL) only")
+        problem = self.promql_problem(spec.query)
+        if problem is not None:
+            raise ValueError(f"signal {name!r}: query is not valid PromQL: {problem}")
+
+    @model_validator(mode="after")
+    def _url_auth_tls(self) -> PrometheusProbe:
+        scheme, sep, rest = self.url.partition("://")
+        authority = rest.split("/", 1)[0]
+        if "@" in authority:  # never echo it: it holds a password
+            raise ValueError(
+                "url: credentials do not belong in the table; "
+                "use bearer_token_env or bearer_token_file"
+            )
+        if not sep or scheme.lower() not in ("http", "https") or not authority.strip(":"):
+            raise ValueError(f"url {self.url!r}: expected http://host:port or https://host:port")
+        env = self.bearer_token_env
+        if env is not None and not (env.replace("_", "a").isalnum() and not env[0].isdigit()):
+            # not echoed: a token pasted here by mistake must not reach the logs
+            raise ValueError("bearer_token_env: give the name of an environment variable")
+        if env is not None and self.bearer_token_file is not None:
+            raise ValueError("set at most one of bearer_token_env or bearer_token_file")
+        tls = self.tls_ca_file is not None or self.tls_insecure_skip_verify
+        if tls and scheme.lower() != "https":
+            raise ValueError("tls_ca_file and tls_insecure_skip_verify need an https:// url")
+        if self.tls_ca_file is not None and self.tls_insecure_skip_verify:
+            raise ValueError("set tls_ca_file or tls_insecure_skip_verify, not both")
+        return self
+
+    @staticmethod
+    def promql_problem(query: str) -> str | None:
+        """Unbalanced brackets or an unterminated string: what can be known without a server."""
+        opening = {")": "(", "]": "[", "}": "{"}
+        stack: list[tuple[str, int]] = []
+        quote, quoted_at, index = "", 0, 0
+        while index < len(query):
+            char = query[index]
+            if quote:
+                if char == "\\" and quote != "`":
+                    index += 1  # skip the escaped character
+                elif char == quote:
+                    quote = ""
+            elif char in "\"'`":
+                quote, quoted_at = char, index
+            elif char == "#":  # a comment runs to the end of the line
+                index = query.find("\n", index)
+                if index < 0:
+                    break
+            elif char in "([{":
+                stack.append((char, index))
+            elif char in ")]}":
+                if not stack or stack[-1][0] != opening[char]:
+                    return f"unexpected {char!r} at character {index + 1}"
+                stack.pop()
+            index += 1
+        if quote:
+            return f"string opened at character {quoted_at + 1} is not closed"
+        if stack:
+            char, at = stack[-1]
+            return f"{char!r} at character {at + 1} is not closed"
+        return None
 
 
 class HttpProbe(ProbeBase):
@@ -102,9 +168,16 @@ class RedisProbe(ProbeBase):
 
 
 class DockerProbe(ProbeBase):
-    measures = frozenset({"up", "healthy", "restart_count", "memory_bytes", "oom_killed"})
+    measures = frozenset(
+        {"up", "running", "healthy", "restart_count", "exit_code", "memory_bytes", "oom_killed"}
+    )
     kind: Literal["docker"]
-    container: str
+    # a container name as Docker allows it, or an id (prefix)
+    container: str = Field(pattern=r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+    # the engine's address (unix:///var/run/docker.sock, tcp://host:2376); default DOCKER_HOST
+    # from the environment, else the local socket. TLS comes from DOCKER_TLS_VERIFY/CERT_PATH.
+    docker_host: str | None = Field(default=None, pattern=r"^(unix|tcp|http|https|ssh)://\S+$")
+    # after a (re)start, a container whose healthcheck has not passed yet is not "down"
     start_grace: Duration = 60.0
 
 
@@ -112,7 +185,21 @@ class ProcessProbe(ProbeBase):
     measures = frozenset({"up", "rss"})
     kind: Literal["process"]
     pid_file: str | None = None
-    match: str | None = None
+    # a regular expression searched in the command line (arguments joined by spaces)
+    match: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _how_to_find(self) -> ProcessProbe:
+        if self.pid_file is None and self.match is None:
+            raise ValueError("set pid_file, match, or both (the pid file's process must match)")
+        if self.match is not None:
+            try:
+                re.compile(self.match)
+            except re.error as exc:
+                raise ValueError(
+                    f"match {self.match!r} is not a regular expression: {exc}"
+                ) from exc
+        return self
 
 
 class PushedProbe(ProbeBase):
@@ -120,6 +207,8 @@ class PushedProbe(ProbeBase):
 
     measures = frozenset({"event", "value"})
     kind: Literal["pushed"]
+    # a pushed "value" (client-reported FPS) older than this is no data; events never go stale
+    stale_after: PositiveDuration = 300.0
 
 
 Probe = Annotated[
