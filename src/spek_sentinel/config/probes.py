@@ -120,13 +120,65 @@ class PrometheusProbe(ProbeBase):
         return None
 
 
+def _check_endpoint(url: str, schemes: tuple[str, ...], tls_options: bool) -> None:
+    """A URL the probe can use; never echoes credentials found in it."""
+    scheme, sep, rest = url.partition("://")
+    authority = rest.split("/", 1)[0].split("?", 1)[0]
+    if "@" in authority:
+        raise ValueError("url: credentials do not belong in the table; use headers_env")
+    shapes = " or ".join(f"{s}://host:port/path" for s in schemes)
+    if not sep or scheme.lower() not in schemes or not authority.strip(":"):
+        raise ValueError(f"url {url!r}: expected {shapes}")
+    if tls_options and scheme.lower() != schemes[1]:
+        raise ValueError(f"tls_ca_file and tls_insecure_skip_verify need a {schemes[1]}:// url")
+
+
+def _check_headers_env(headers_env: dict[str, str]) -> None:
+    for header, env in headers_env.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}", header):
+            raise ValueError(f"headers_env: {header!r} is not an HTTP header name")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", env):
+            # not echoed: a secret pasted here by mistake must not reach the logs
+            raise ValueError(f"headers_env.{header}: give the name of an environment variable")
+
+
+class ExpectJson(StrictModel):
+    """The answer is JSON whose field at ``path`` (dotted; list items by index) equals a value."""
+
+    path: str
+    equals: bool | int | float | str
+
+    @model_validator(mode="after")
+    def _path_parts(self) -> ExpectJson:
+        if not all(self.path.split(".")):
+            raise ValueError(f"path {self.path!r}: expected field names joined by '.'")
+        return self
+
+
 class HttpProbe(ProbeBase):
-    measures = frozenset({"up", "latency", "error_ratio", "status"})
+    measures = frozenset({"up", "latency", "error_ratio", "status", "latency_p95"})
     kind: Literal["http"]
     url: str
     method: Literal["GET", "HEAD"] = "GET"
-    expect_status: int = 200
-    start_grace: Duration = 60.0
+    expect_status: int = Field(default=200, ge=100, le=599)
+    expect_body: str | None = Field(default=None, min_length=1)  # a substring of the body
+    expect_json: ExpectJson | None = None
+    start_grace: Duration = 60.0  # unhealthy this long (from the first failure) before up = 0
+    window: int = Field(default=20, ge=1, le=10_000)  # own requests behind error_ratio and p95
+    headers_env: dict[str, str] = Field(default_factory=dict)  # header -> env var
+    tls_ca_file: str | None = None
+    tls_insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> HttpProbe:
+        tls = self.tls_ca_file is not None or self.tls_insecure_skip_verify
+        _check_endpoint(self.url, ("http", "https"), tls)
+        _check_headers_env(self.headers_env)
+        if self.tls_ca_file is not None and self.tls_insecure_skip_verify:
+            raise ValueError("set tls_ca_file or tls_insecure_skip_verify, not both")
+        if self.method == "HEAD" and (self.expect_body or self.expect_json):
+            raise ValueError('expect_body and expect_json need method = "GET" (HEAD has no body)')
+        return self
 
 
 class WebSocketProbe(ProbeBase):
@@ -134,22 +186,46 @@ class WebSocketProbe(ProbeBase):
     kind: Literal["websocket"]
     url: str
     attempts: int = Field(default=3, ge=1, le=100)
+    echo: bool = False  # after the handshake, send echo_payload and expect a reply
+    echo_payload: str = Field(default="spek-sentinel ping", min_length=1)
+    echo_reply: str | None = None  # the reply expected; echo_payload itself when absent
+    headers_env: dict[str, str] = Field(default_factory=dict)  # header -> env var
+    tls_ca_file: str | None = None
+    tls_insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> WebSocketProbe:
+        tls = self.tls_ca_file is not None or self.tls_insecure_skip_verify
+        _check_endpoint(self.url, ("ws", "wss"), tls)
+        _check_headers_env(self.headers_env)
+        if self.tls_ca_file is not None and self.tls_insecure_skip_verify:
+            raise ValueError("set tls_ca_file or tls_insecure_skip_verify, not both")
+        return self
 
 
 class PostgresProbe(ProbeBase):
     measures = frozenset(
-        {"up", "connect_latency", "query_latency", "checksum_failures", "conflicts"}
+        {"up", "connect_latency", "query_latency", "row_drop", "checksum_failures", "conflicts"}
     )
+    sql_measures: ClassVar[tuple[str | None, ...]] = (None, "query_latency", "row_drop")
     kind: Literal["postgres"]
     dsn_env: str | None = None  # the DSN comes from the environment or a file, never the table
     dsn_file: str | None = None
 
     def check_signal(self, name: str, spec: SignalSpec) -> None:
-        # ``sql`` alone: the number the query returns; with measure "query_latency": its timing
-        if spec.sql is not None and spec.measure in (None, "query_latency"):
+        # ``sql`` alone: the number (and optional volume) the query returns; with measure
+        # "query_latency": its timing; with "row_drop": the drop of the row count it returns
+        if spec.sql is not None and not spec.sql.strip():
+            raise ValueError(f"signal {name!r}: 'sql' is empty")
+        if spec.query is None and spec.sql is not None and spec.measure in self.sql_measures:
             return
-        if spec.measure == "query_latency":
-            raise ValueError(f"signal {name!r}: measure 'query_latency' needs 'sql' to time")
+        if spec.sql is None and spec.measure in ("query_latency", "row_drop"):
+            raise ValueError(f"signal {name!r}: measure {spec.measure!r} needs 'sql'")
+        if spec.sql is not None and spec.measure in self.measures:
+            raise ValueError(
+                f"signal {name!r}: measure {spec.measure!r} takes no 'sql' (sql goes alone, "
+                "or with measure 'query_latency' or 'row_drop')"
+            )
         super().check_signal(name, spec)
 
     @model_validator(mode="after")
@@ -158,13 +234,28 @@ class PostgresProbe(ProbeBase):
             raise ValueError(
                 "set exactly one of dsn_env or dsn_file (secrets stay out of the table)"
             )
+        if self.dsn_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.dsn_env):
+            # not echoed: a DSN pasted here by mistake must not reach the logs
+            raise ValueError("dsn_env: give the name of an environment variable, not the DSN")
         return self
 
 
 class RedisProbe(ProbeBase):
     measures = frozenset({"up", "latency", "used_memory", "connected_clients"})
     kind: Literal["redis"]
-    url_env: str
+    url_env: str | None = None  # the URL comes from the environment or a file, never the table
+    url_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_url_source(self) -> RedisProbe:
+        if (self.url_env is None) == (self.url_file is None):
+            raise ValueError(
+                "set exactly one of url_env or url_file (secrets stay out of the table)"
+            )
+        if self.url_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.url_env):
+            # not echoed: a URL with a password pasted here by mistake must not reach the logs
+            raise ValueError("url_env: give the name of an environment variable, not the URL")
+        return self
 
 
 class DockerProbe(ProbeBase):

@@ -1,8 +1,9 @@
 """The probe contract and the one wrapper every probe runs through.
 
-A probe's ``collect`` returns a value (or None for no data) per declared signal. It may raise:
-``observe`` turns a timeout or any exception into error samples for every signal the probe
-declares, so a broken probe shows up as UNKNOWN and never stops the scheduler.
+A probe's ``collect`` returns a value (or None for no data) per declared signal, or
+``Failed(error)`` for a signal it could not read while its other signals still report. It may
+raise: ``observe`` turns a timeout or any exception into error samples for every signal the
+probe declares, so a broken probe shows up as UNKNOWN and never stops the scheduler.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ class Reading:
     volume: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """One signal could not be read (the reason, without credentials); the others still report."""
+
+    error: str
+
+
 class Probe(Protocol):
     """One source of samples, built from a ``[probes.NAME]`` section."""
 
@@ -44,7 +52,7 @@ class Probe(Protocol):
     @property
     def signals(self) -> tuple[str, ...]: ...
 
-    async def collect(self) -> Mapping[str, Reading | float | None]:
+    async def collect(self) -> Mapping[str, Reading | Failed | float | None]:
         """Read every signal once. Missing signals count as no data."""
         ...
 
@@ -90,6 +98,9 @@ async def observe(
         reading = readings.get(signal)
         if isinstance(reading, Reading):
             samples.append(Sample(signal, at, value=reading.value, volume=reading.volume))
+        elif isinstance(reading, Failed):
+            error = redact(f"probe {probe.name}: {reading.error}", secrets)
+            samples.append(Sample(signal, at, error=error))
         else:
             samples.append(Sample(signal, at, value=reading))
     return samples
