@@ -151,6 +151,34 @@ def test_several_series_fail_that_signal_only_while_the_others_report(
     assert "sum(...)" in error
 
 
+def test_a_volume_query_carries_the_traffic_behind_the_ratio(prometheus: PrometheusStack) -> None:
+    prometheus.exporter.gauge("spek_t7_error_ratio").set(0.33)
+    prometheus.exporter.gauge("spek_t7_requests").set(3)
+    prometheus.server.wait_for("spek_t7_requests == 3")
+    signals = {
+        "error_rate": {
+            "unit": "ratio",
+            "query": "spek_t7_error_ratio",
+            "volume_query": "spek_t7_requests",
+        },
+        "broken_volume": {
+            "unit": "ratio",
+            "query": "spek_t7_error_ratio",
+            "volume_query": "rate(spek_t7_requests)",
+        },
+    }
+    probe_model = PrometheusProbe.model_validate(
+        {"kind": "prometheus", "url": prometheus.url, "timeout": "5s", "signals": signals}
+    )
+
+    [samples] = asyncio.run(observe_once(probe_model, {}))
+
+    assert (samples["error_rate"].value, samples["error_rate"].volume) == (0.33, 3)
+    # the rule asked for a volume guard: without the volume the ratio is not judged
+    error = samples["broken_volume"].error
+    assert error is not None and "volume_query: prometheus refused the query" in error
+
+
 def test_a_query_prometheus_rejects_is_an_error_sample_with_its_reason(
     prometheus: PrometheusStack,
 ) -> None:

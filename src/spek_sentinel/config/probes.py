@@ -19,6 +19,9 @@ class SignalSpec(StrictModel):
 
     unit: Unit
     query: str | None = None  # prometheus: PromQL
+    # prometheus: PromQL for the traffic behind a ratio (requests in the window), so a rule's
+    # min_volume can refuse to judge 1 error in 3 requests
+    volume_query: str | None = None
     measure: str | None = None  # the other kinds: which measurement (see each kind)
     sql: str | None = None  # postgres: a query returning one number
     description: str = ""
@@ -33,6 +36,10 @@ class ProbeBase(StrictModel):
     @model_validator(mode="after")
     def _measures_known(self) -> ProbeBase:
         for name, spec in self.signals.items():
+            if spec.volume_query is not None and getattr(self, "kind", "") != "prometheus":
+                raise ValueError(
+                    f"signal {name!r}: 'volume_query' is only for kind = \"prometheus\""
+                )
             self.check_signal(name, spec)
         return self
 
@@ -58,9 +65,10 @@ class PrometheusProbe(ProbeBase):
     def check_signal(self, name: str, spec: SignalSpec) -> None:
         if not spec.query or spec.measure is not None or spec.sql is not None:
             raise ValueError(f"signal {name!r}: a prometheus signal needs 'query' (PromQL) only")
-        problem = self.promql_problem(spec.query)
-        if problem is not None:
-            raise ValueError(f"signal {name!r}: query is not valid PromQL: {problem}")
+        for key, query in (("query", spec.query), ("volume_query", spec.volume_query)):
+            problem = None if query is None else self.promql_problem(query)
+            if problem is not None:
+                raise ValueError(f"signal {name!r}: {key} is not valid PromQL: {problem}")
 
     @model_validator(mode="after")
     def _url_auth_tls(self) -> PrometheusProbe:

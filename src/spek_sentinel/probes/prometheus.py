@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from spek_sentinel.config.probes import PrometheusProbe
 from spek_sentinel.domain.errors import ProbeError
 from spek_sentinel.probes import promql_http
-from spek_sentinel.probes.base import Failed, Probe, redact
+from spek_sentinel.probes.base import Failed, Probe, Reading, redact
 
 # Each request gives up a little before observe() does, so a slow query is reported as that
 # signal's own timeout while the other signals keep their values; Prometheus is asked to stop
@@ -30,6 +30,11 @@ class PromqlProbe:
         self._interval = interval
         self._timeout = model.timeout
         self._queries = {signal: spec.query or "" for signal, spec in model.signals.items()}
+        self._volume_queries = {
+            signal: spec.volume_query
+            for signal, spec in model.signals.items()
+            if spec.volume_query is not None
+        }
         self._token = promql_http.BearerToken.of(name, model, environ)
         self._server_timeout = promql_http.prom_duration(model.timeout * SERVER_SHARE)
         self._client = promql_http.make_client(
@@ -52,10 +57,21 @@ class PromqlProbe:
     def signals(self) -> tuple[str, ...]:
         return tuple(self._queries)
 
-    async def collect(self) -> Mapping[str, float | Failed | None]:
+    async def collect(self) -> Mapping[str, Reading | float | Failed | None]:
         token = await self._token.value() if self._token is not None else None
-        readings = await asyncio.gather(*(self._read(q, token) for q in self._queries.values()))
-        return dict(zip(self._queries, readings, strict=True))
+        signals = list(self._queries)
+        values, volumes = await asyncio.gather(
+            asyncio.gather(*(self._read(self._queries[s], token) for s in signals)),
+            asyncio.gather(
+                *(self._read(self._volume_queries[s], token) for s in self._volume_queries)
+            ),
+        )
+        readings: dict[str, Reading | float | Failed | None] = dict(
+            zip(signals, values, strict=True)
+        )
+        for signal, volume in zip(self._volume_queries, volumes, strict=True):
+            readings[signal] = _with_volume(readings[signal], volume)
+        return readings
 
     async def _read(self, query: str, token: str | None) -> float | Failed | None:
         params = {"query": query, "timeout": self._server_timeout}
@@ -67,6 +83,18 @@ class PromqlProbe:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _with_volume(
+    value: Reading | float | Failed | None, volume: float | Failed | None
+) -> Reading | float | Failed | None:
+    """Attach the traffic behind a ratio. A failed volume query fails the signal: the rule asked
+    for a volume guard, and judging without it could roll back on 1 error in 3 requests."""
+    if isinstance(value, Failed) or not isinstance(value, float):
+        return value
+    if isinstance(volume, Failed):
+        return Failed(f"volume_query: {volume.error}")
+    return Reading(value, volume)
 
 
 def build(name: str, model: PrometheusProbe, interval: float, environ: Mapping[str, str]) -> Probe:
