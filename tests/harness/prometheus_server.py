@@ -7,10 +7,8 @@ The fakes stand in for what a real Prometheus cannot be made to do on demand: a 
 never answers, one that answers garbage, one that records the Authorization header, TLS.
 """
 
-import contextlib
 import json
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -28,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from harness import HarnessError, log_tail
 from harness.ports import free_port
+from harness.tcp_stub import TcpStub
 from harness.wait import WaitTimeoutError, wait_until
 
 _INSTALL_HINT = "install the Debian package `prometheus` (apt-get install prometheus)"
@@ -295,49 +294,12 @@ class StubHttpServer:
         self.close()
 
 
-class SilentServer:
+class SilentServer(TcpStub):
     """Accepts TCP connections and reads the request, but never answers."""
-
-    def __init__(self) -> None:
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self._listener.settimeout(0.1)
-        self.port: int = self._listener.getsockname()[1]
-        self._connections: list[socket.socket] = []
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            connection.settimeout(0.1)
-            self._connections.append(connection)
-            with contextlib.suppress(OSError):
-                connection.recv(65536)
-
-    def close(self) -> None:
-        self._stopping.set()
-        self._thread.join(timeout=5)
-        self._listener.close()
-        for connection in self._connections:
-            connection.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def self_signed_cert(directory: Path) -> tuple[Path, Path]:

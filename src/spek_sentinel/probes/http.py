@@ -37,8 +37,9 @@ from typing import Any
 import httpx
 
 from spek_sentinel.config.probes import ExpectJson, HttpProbe
-from spek_sentinel.domain.errors import ConfigError, ConfigProblem, ProbeError
+from spek_sentinel.domain.errors import ProbeError
 from spek_sentinel.probes.base import Failed, Reading, redact
+from spek_sentinel.probes.transport import ca_context, env_headers
 
 BODY_LIMIT = 1 << 20  # bytes of the answer read for matching; health answers are small
 SHOWN = 80  # characters of an unexpected value quoted in a problem
@@ -297,37 +298,8 @@ async def _read_capped(response: httpx.Response) -> bytes:
 
 
 def tls_verify(model: HttpProbe) -> ssl.SSLContext | bool:
-    """The system trust store, or the configured CA file; ValueError when that file is bad."""
-    if model.tls_insecure_skip_verify:
-        return False
-    try:
-        return ssl.create_default_context(cafile=model.tls_ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ValueError(f"tls_ca_file {model.tls_ca_file}: cannot load: {reason}") from None
-
-
-def env_headers(
-    name: str, headers_env: Mapping[str, str], environ: Mapping[str, str]
-) -> dict[str, str]:
-    """Header values from the environment variables the config names; never echoed."""
-    headers = {header: environ.get(env, "").strip() for header, env in headers_env.items()}
-    problems = [
-        ConfigProblem(env, f"probes.{name}.headers_env.{header}", reason)
-        for header, env in headers_env.items()
-        for reason in _header_problems(headers[header])
-    ]
-    if problems:
-        raise ConfigError(problems)
-    return headers
-
-
-def _header_problems(value: str) -> list[str]:
-    if not value:
-        return ["environment variable is not set or empty"]
-    if "\r" in value or "\n" in value:
-        return ["the value holds a line break"]
-    return []
+    """What httpx checks the server certificate against; ValueError when the CA file is bad."""
+    return False if model.tls_insecure_skip_verify else ca_context(model.tls_ca_file)
 
 
 def build(

@@ -22,6 +22,7 @@ from spek_sentinel.config.probes import PrometheusProbe
 from spek_sentinel.domain.errors import ProbeError
 from spek_sentinel.probes.base import redact
 from spek_sentinel.probes.secrets import read_secret
+from spek_sentinel.probes.transport import ca_context
 
 SNIPPET = 160  # characters of a non-Prometheus answer quoted in an error
 SHOWN_SERIES = 3
@@ -72,12 +73,7 @@ def tls_verify(model: PrometheusProbe) -> ssl.SSLContext | bool:
     """What httpx checks the server certificate against; ValueError when the CA file is bad."""
     if model.tls_insecure_skip_verify:
         return False
-    if model.tls_ca_file is None:
-        return True
-    try:
-        return ssl.create_default_context(cafile=model.tls_ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"tls_ca_file {model.tls_ca_file}: cannot load: {exc}") from None
+    return True if model.tls_ca_file is None else ca_context(model.tls_ca_file)
 
 
 def make_client(url: str, verify: ssl.SSLContext | bool, timeout: float) -> httpx.AsyncClient:

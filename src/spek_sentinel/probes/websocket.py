@@ -27,9 +27,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from spek_sentinel.config.probes import WebSocketProbe
-from spek_sentinel.domain.errors import ConfigError, ConfigProblem, ProbeError
+from spek_sentinel.domain.errors import ProbeError
 from spek_sentinel.probes import ws_client
 from spek_sentinel.probes.base import Failed, Reading
+from spek_sentinel.probes.transport import ca_context, env_headers, unverified_context
 from spek_sentinel.probes.ws_client import ConnectError, Endpoint, WebSocketError
 
 SHOWN = 80  # characters of a wrong echo quoted in a problem
@@ -140,38 +141,8 @@ def tls_context(model: WebSocketProbe) -> ssl.SSLContext | None:
     if not model.url.lower().startswith("wss://"):
         return None
     if model.tls_insecure_skip_verify:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    try:
-        return ssl.create_default_context(cafile=model.tls_ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ValueError(f"tls_ca_file {model.tls_ca_file}: cannot load: {reason}") from None
-
-
-def env_headers(
-    name: str, headers_env: Mapping[str, str], environ: Mapping[str, str]
-) -> dict[str, str]:
-    """Header values from the environment variables the config names; never echoed."""
-    headers = {header: environ.get(env, "").strip() for header, env in headers_env.items()}
-    problems = [
-        ConfigProblem(env, f"probes.{name}.headers_env.{header}", reason)
-        for header, env in headers_env.items()
-        for reason in _header_problems(headers[header])
-    ]
-    if problems:
-        raise ConfigError(problems)
-    return headers
-
-
-def _header_problems(value: str) -> list[str]:
-    if not value:
-        return ["environment variable is not set or empty"]
-    if "\r" in value or "\n" in value:
-        return ["the value holds a line break"]
-    return []
+        return unverified_context()
+    return ca_context(model.tls_ca_file)
 
 
 def build(
