@@ -46,7 +46,7 @@ from psycopg.rows import TupleRow
 from spek_sentinel.config.probes import PostgresProbe as PostgresConfig
 from spek_sentinel.domain.errors import ProbeError
 from spek_sentinel.probes.base import Failed, Reading, redact
-from spek_sentinel.probes.secrets import read_secret
+from spek_sentinel.secrets import read_secret
 
 BUDGET_SHARE = 0.8  # the rest of the timeout is margin for answers and cancellation
 _MIN_STATEMENT_SECONDS = 0.01
@@ -309,7 +309,9 @@ def _plan(model: PostgresConfig) -> tuple[_Signal, ...]:
 def build(
     name: str, model: PostgresConfig, interval: float, environ: Mapping[str, str]
 ) -> PostgresProbe:
-    secret = read_secret(name, environ, field="dsn", env=model.dsn_env, file=model.dsn_file)
+    secret = read_secret(
+        f"probes.{name}", environ, field="dsn", env=model.dsn_env, file=model.dsn_file
+    )
     try:
         params = conninfo_to_dict(secret.value)
     except psycopg.Error:

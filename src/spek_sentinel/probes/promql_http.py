@@ -21,8 +21,8 @@ import httpx
 from spek_sentinel.config.probes import PrometheusProbe
 from spek_sentinel.domain.errors import ProbeError
 from spek_sentinel.probes.base import redact
-from spek_sentinel.probes.secrets import read_secret
 from spek_sentinel.probes.transport import ca_context
+from spek_sentinel.secrets import read_secret
 
 SNIPPET = 160  # characters of a non-Prometheus answer quoted in an error
 SHOWN_SERIES = 3
@@ -35,7 +35,7 @@ class BearerToken:
     def __init__(self, probe: str, model: PrometheusProbe, environ: Mapping[str, str]) -> None:
         # ConfigError now (variable not set, file unreadable), so start-up and validate say so
         secret = read_secret(
-            probe,
+            f"probes.{probe}",
             environ,
             field="bearer_token",
             env=model.bearer_token_env,

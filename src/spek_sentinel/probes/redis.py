@@ -36,7 +36,7 @@ from redis.backoff import NoBackoff
 from spek_sentinel.config.probes import RedisProbe as RedisConfig
 from spek_sentinel.domain.errors import ProbeError
 from spek_sentinel.probes.base import Failed, Reading, redact
-from spek_sentinel.probes.secrets import read_secret
+from spek_sentinel.secrets import read_secret
 
 BUDGET_SHARE = 0.8  # the rest of the timeout is margin for closing the client
 _INFO_FIELDS = {"used_memory": "used_memory", "connected_clients": "connected_clients"}
@@ -163,7 +163,9 @@ def _info_field(info: dict[str, Any] | Failed, name: str) -> Value:
 
 
 def build(name: str, model: RedisConfig, interval: float, environ: Mapping[str, str]) -> RedisProbe:
-    secret = read_secret(name, environ, field="url", env=model.url_env, file=model.url_file)
+    secret = read_secret(
+        f"probes.{name}", environ, field="url", env=model.url_env, file=model.url_file
+    )
     try:
         params = parse_url(secret.value)
     except ValueError:

@@ -1,9 +1,9 @@
-"""Read a probe's secret (DSN, URL, token) from the environment variable or file its config
-names. Secrets never live in thresholds.toml, and no error here ever shows the value itself.
+"""Read a secret (DSN, URL, token) from the environment variable or file the config names.
+Secrets never live in thresholds.toml, and no error here ever shows the value itself.
 
-A probe section names the source with ``<field>_env`` or ``<field>_file`` (``dsn_env``,
-``url_file``, ``token_env``...). Problems are ConfigErrors at build time, so ``validate`` and
-start-up report them instead of a probe failing at 3 a.m.
+A section names the source with ``<field>_env`` or ``<field>_file`` (``dsn_env``,
+``url_file``, ``token_env``...). Problems are ConfigErrors at start-up, so they are reported
+before anything runs instead of a probe failing at 3 a.m.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Secret:
 
 
 def read_secret(
-    probe: str,
+    section: str,
     environ: Mapping[str, str],
     *,
     field: str,
@@ -44,7 +44,7 @@ def read_secret(
         # the config models refuse this already; the registry names the config file for it
         raise ValueError(f"set exactly one of {field}_env or {field}_file")
     if env is not None:
-        key = f"probes.{probe}.{field}_env"
+        key = f"{section}.{field}_env"
         raw = environ.get(env)
         if raw is None:
             raise ConfigError([ConfigProblem(env, key, "environment variable is not set")])
@@ -52,7 +52,7 @@ def read_secret(
             raise ConfigError([ConfigProblem(env, key, "environment variable is empty")])
         return Secret(raw.strip(), env, key)
     assert file is not None
-    key = f"probes.{probe}.{field}_file"
+    key = f"{section}.{field}_file"
     try:
         raw = Path(file).read_text(encoding="utf-8")
     except FileNotFoundError:
