@@ -125,4 +125,4 @@ def test_signal_refuses_names_that_are_not_pushed_signals(
 
 def test_a_reported_value_needs_a_value(table: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert push(table, "render_fps", "--reason", "x") == 1
-    assert "give --value" in capsys.readouterr().err
+    assert "is a reported value: give a value" in capsys.readouterr().err

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from spek_sentinel.commands.common import EXIT_INVALID, EXIT_OK, add_config_option, load
-from spek_sentinel.config import Config
+from spek_sentinel.domain.errors import InputError
+from spek_sentinel.service.signals import SignalRequest, record_signal
 from spek_sentinel.store.sqlite import SqliteStore
 
 
@@ -27,41 +28,24 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def _pushed_measures(config: Config) -> dict[str, str]:
-    return {
-        signal: spec.measure or "value"
-        for probe in config.model.probes.values()
-        if probe.kind == "pushed"
-        for signal, spec in probe.signals.items()
-    }
-
-
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load(args, err)
     if config is None:
         return EXIT_INVALID
-    measures = _pushed_measures(config)
-    measure = measures.get(args.name)
-    if measure is None:
-        known = ", ".join(sorted(measures)) or "none"
-        err.write(f"{args.name}: not a pushed signal in {config.path}; pushed signals: {known}\n")
-        return EXIT_INVALID
-    value = args.value
-    if value is None and not args.resolve:
-        if measure != "event":
-            err.write(f"{args.name} is a reported value: give --value\n")
-            return EXIT_INVALID
-        value = 1.0
-    by = args.by or getpass.getuser()
+    request = SignalRequest(
+        name=args.name,
+        reason=args.reason,
+        by=args.by or getpass.getuser(),
+        value=args.value,
+        resolve=args.resolve,
+    )
     store = SqliteStore.in_dir(Path(config.model.sentinel.state_dir))
     try:
-        now = time.time()
-        if args.resolve:
-            count = store.resolve(args.name, args.reason, by, now)
-            out.write(f"{args.name}: resolved {count} open signal(s) by {by}: {args.reason}\n")
-        else:
-            store.push(args.name, value, args.reason, by, now)
-            out.write(f"{args.name} = {value:g} recorded by {by}: {args.reason} ({store.path})\n")
+        outcome = record_signal(config, store, request, time.time())
+    except InputError as exc:
+        err.write(f"{exc}\n")
+        return EXIT_INVALID
     finally:
         store.close()
+    out.write(f"{outcome.describe()} ({store.path})\n")
     return EXIT_OK

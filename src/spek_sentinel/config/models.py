@@ -23,6 +23,15 @@ class SentinelSettings(StrictModel):
     state_dir: str = "/var/lib/spek-sentinel"  # incidents, pushed signals, journal (SQLite)
 
 
+class ApiSettings(StrictModel):
+    """The HTTP API. Mutating routes need the bearer token from ``token_env`` or ``token_file``;
+    with neither set they are refused (fail closed), read-only routes still answer."""
+
+    listen: str = "127.0.0.1:9102"
+    token_env: str | None = None
+    token_file: str | None = None
+
+
 class Defaults(StrictModel):
     interval: PositiveDuration = 15.0  # probe interval when a probe does not say
     max_gap_intervals: float = Field(default=3.0, ge=1)  # coverage gap, in probe intervals
@@ -114,6 +123,7 @@ class Validation(StrictModel):
 
 class ConfigModel(StrictModel):
     sentinel: SentinelSettings = SentinelSettings()
+    api: ApiSettings = ApiSettings()
     defaults: Defaults = Defaults()
     probes: dict[Name, Probe] = Field(min_length=1)
     playbooks: dict[Name, PlaybookModel] = {}
