@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -247,3 +248,68 @@ def test_a_config_without_prometheus_probes_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match='no probe with kind = "prometheus"'):
         asyncio.run(fetch_series(config, 0, 100, 1.0, None, {}))
+
+
+def test_the_replay_command_backtests_prometheus_history_end_to_end(
+    prometheus: PrometheusStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spek_sentinel.cli import main  # noqa: PLC0415 -- the command under test
+
+    gauge = prometheus.exporter.gauge("spek_r9_error_ratio")
+    start = time.time()
+    gauge.set(0.5)
+    prometheus.server.wait_for("count_over_time(spek_r9_error_ratio[10s]) >= 4")
+    end = time.time()
+    write_config(tmp_path, "http://127.0.0.1:1", {"error_rate": "spek_r9_error_ratio"})
+    table = str(tmp_path / "thresholds.toml")
+
+    code = main(
+        [
+            "replay",
+            "-c",
+            table,
+            "--prometheus",
+            prometheus.url,
+            "--start",
+            f"{start:.3f}",
+            "--end",
+            f"{end:.3f}",
+            "--step",
+            "1s",
+            "--json",
+        ]
+    )
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    decisions = [json.loads(line) for line in captured.out.splitlines()]
+    assert [(d["rule"], d["state"], d["action"]) for d in decisions][-1] == (
+        "high_error_rate",
+        "firing",
+        "page",
+    )
+    assert "replayed" in captured.err
+
+
+def test_the_replay_command_refuses_a_window_that_ends_before_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spek_sentinel.cli import main  # noqa: PLC0415 -- the command under test
+
+    write_config(tmp_path, "http://127.0.0.1:1", {"error_rate": "up"})
+    table = str(tmp_path / "thresholds.toml")
+    code = main(
+        [
+            "replay",
+            "-c",
+            table,
+            "--prometheus",
+            "http://127.0.0.1:1",
+            "--start",
+            "2026-11-25T03:00:00Z",
+            "--end",
+            "2026-11-25T02:00:00Z",
+        ]
+    )
+    assert code == 1
+    assert "--end must be after --start" in capsys.readouterr().err
