@@ -28,7 +28,11 @@ TOKEN = "replay-bearer-token-9876543210"  # noqa: S105 -- a test value, never a 
 
 
 def write_config(
-    tmp_path: Path, url: str, queries: Mapping[str, str], probe_extra: str = ""
+    tmp_path: Path,
+    url: str,
+    queries: Mapping[str, str],
+    probe_extra: str = "",
+    split_by: str | None = None,
 ) -> Config:
     lines = [
         "[probes.app_metrics]",
@@ -39,6 +43,8 @@ def write_config(
     ]
     for name, query in queries.items():
         lines += [f"[probes.app_metrics.signals.{name}]", 'unit = "ratio"', f"query = '{query}'"]
+        if split_by is not None:
+            lines.append(f'split_by = "{split_by}"')
     first = next(iter(queries))
     lines += [
         "[[rules]]",
@@ -313,3 +319,25 @@ def test_the_replay_command_refuses_a_window_that_ends_before_it_starts(
     )
     assert code == 1
     assert "--end must be after --start" in capsys.readouterr().err
+
+
+def test_a_split_signal_replays_each_series_on_its_own(
+    prometheus: PrometheusStack, tmp_path: Path
+) -> None:
+    memory = prometheus.exporter.gauge("spek_r10_pod_memory", ("pod",))
+    start = time.time()
+    memory.labels("a").set(0.1)
+    memory.labels("b").set(0.9)
+    prometheus.server.wait_for("count_over_time(spek_r10_pod_memory[10s]) >= 4")
+    end = time.time()
+    config = write_config(
+        tmp_path, prometheus.url, {"pod_ratio": "spek_r10_pod_memory"}, split_by="pod"
+    )
+
+    samples = fetch(config, start, end)
+    series = {sample.series for sample in samples}
+    result = replay(config.rules, config.policy, samples)
+
+    assert series == {"a", "b"}
+    fired = {d.verdict.rule.name for d in result.decisions if d.verdict.state.value == "firing"}
+    assert fired == {'high_error_rate{pod="b"}'}

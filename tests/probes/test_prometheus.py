@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 
 from harness import HarnessError
@@ -487,3 +488,71 @@ def test_a_url_with_a_path_prefix_queries_the_api_under_it() -> None:
     assert samples["x"].value == 7
     assert [r.path for r in stub.requests] == ["/prometheus/api/v1/query"]
     assert stub.requests[0].params["query"] == ["up"]
+
+
+# --- split_by: one series per label value ------------------------------------------------------
+
+
+def split_model(url: str, query: str, label: str = "pod") -> PrometheusProbe:
+    signals = {"pod_memory": {"unit": "bytes", "query": query, "split_by": label}}
+    return PrometheusProbe.model_validate(
+        {"kind": "prometheus", "url": url, "timeout": "5s", "signals": signals}
+    )
+
+
+def test_split_by_gives_one_sample_per_series(prometheus: PrometheusStack) -> None:
+    memory = prometheus.exporter.gauge("spek_t8_pod_memory", ("pod",))
+    memory.labels("a").set(100)
+    memory.labels("b").set(250)
+    prometheus.server.wait_for("sum(spek_t8_pod_memory) == 350")
+
+    probe = build("app_metrics", split_model(prometheus.url, "spek_t8_pod_memory"), 15.0, {})
+
+    async def raw() -> list[Sample]:
+        try:
+            return await observe(probe)
+        finally:
+            await probe.aclose()
+
+    got = sorted((s.signal, s.series, s.value, s.error) for s in asyncio.run(raw()))
+    assert got == [("pod_memory", "a", 100, None), ("pod_memory", "b", 250, None)]
+
+
+def test_split_by_refuses_series_it_cannot_tell_apart(prometheus: PrometheusStack) -> None:
+    memory = prometheus.exporter.gauge("spek_t9_memory", ("pod", "container"))
+    memory.labels("a", "app").set(1)
+    memory.labels("a", "sidecar").set(2)
+    prometheus.server.wait_for("count(spek_t9_memory) == 2")
+
+    by_pod = collect_split(prometheus.url, "spek_t9_memory", "pod")
+    by_zone = collect_split(prometheus.url, "spek_t9_memory", "zone")
+
+    assert "several series share pod='a'; aggregate by (pod) first" in (by_pod.error or "")
+    assert "has no label 'zone' to split by" in (by_zone.error or "")
+
+
+def test_split_by_with_no_series_is_no_data_for_the_whole_signal(
+    prometheus: PrometheusStack,
+) -> None:
+    sample = collect_split(prometheus.url, "spek_t10_nobody_exports", "pod")
+    assert (sample.kind, sample.series) == ("no_data", "")
+
+
+def collect_split(url: str, query: str, label: str) -> Sample:
+    [samples] = asyncio.run(observe_once(split_model(url, query, label), {}))
+    return samples["pod_memory"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"split_by": "pod-name"}, "is not a label name"),
+        ({"split_by": "pod", "volume_query": "vector(1)"}, "cannot be combined"),
+    ],
+)
+def test_validate_refuses_a_bad_split_by(extra: dict[str, str], message: str) -> None:
+    signals = {"s": {"unit": "count", "query": "vector(1)", **extra}}
+    with pytest.raises(pydantic.ValidationError, match=message):
+        PrometheusProbe.model_validate(
+            {"kind": "prometheus", "url": "http://127.0.0.1:9090", "signals": signals}
+        )

@@ -195,6 +195,7 @@ def _rule(
         playbook=row.playbook,
         description=row.description,
         probe=source.probe,
+        split_by=source.spec.split_by,
     )
 
 
@@ -228,6 +229,7 @@ def _validation_rules(
                 blind_after=model.defaults.blind_after,
                 phase="post_rollback",
                 probe=source.probe,
+                split_by=source.spec.split_by,
                 description=check.description or f"{check.signal} must stay below {check.below}",
             )
         )

@@ -22,6 +22,9 @@ class SignalSpec(StrictModel):
     # prometheus: PromQL for the traffic behind a ratio (requests in the window), so a rule's
     # min_volume can refuse to judge 1 error in 3 requests
     volume_query: str | None = None
+    # prometheus: the query returns one series per value of this label (pod, instance); every
+    # rule on the signal is judged per series
+    split_by: str | None = None
     measure: str | None = None  # the other kinds: which measurement (see each kind)
     sql: str | None = None  # postgres: a query returning one number
     description: str = ""
@@ -36,6 +39,8 @@ class ProbeBase(StrictModel):
     @model_validator(mode="after")
     def _measures_known(self) -> ProbeBase:
         for name, spec in self.signals.items():
+            if spec.split_by is not None and getattr(self, "kind", "") != "prometheus":
+                raise ValueError(f"signal {name!r}: 'split_by' is only for kind = \"prometheus\"")
             if spec.volume_query is not None and getattr(self, "kind", "") != "prometheus":
                 raise ValueError(
                     f"signal {name!r}: 'volume_query' is only for kind = \"prometheus\""
@@ -65,6 +70,10 @@ class PrometheusProbe(ProbeBase):
     def check_signal(self, name: str, spec: SignalSpec) -> None:
         if not spec.query or spec.measure is not None or spec.sql is not None:
             raise ValueError(f"signal {name!r}: a prometheus signal needs 'query' (PromQL) only")
+        if spec.split_by is not None and not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", spec.split_by):
+            raise ValueError(f"signal {name!r}: split_by {spec.split_by!r} is not a label name")
+        if spec.split_by is not None and spec.volume_query is not None:
+            raise ValueError(f"signal {name!r}: split_by and volume_query cannot be combined yet")
         for key, query in (("query", spec.query), ("volume_query", spec.volume_query)):
             problem = None if query is None else self.promql_problem(query)
             if problem is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 
@@ -90,3 +90,8 @@ class Rule:
     phase: Phase = "watch"
     description: str = ""
     probe: str = ""  # the probe that produces the signal, named when the sentinel is blind
+    split_by: str | None = None  # the signal is split by this label: judged per series
+
+    def for_series(self, series: str) -> Rule:
+        """This rule judging one series of a split signal, named after it."""
+        return replace(self, name=f'{self.name}{{{self.split_by}="{series}"}}')

@@ -21,6 +21,9 @@ class Sample:
     value: float | None = None
     error: str | None = None
     volume: float | None = None
+    # one series of a signal split by a label (pod="a" -> "a"); "" is the whole signal, and a
+    # whole-signal error or no-data applies to every series of it
+    series: str = ""
 
     @property
     def usable(self) -> bool:

@@ -9,6 +9,7 @@ from spek_sentinel.domain.rules import Rule, RuleState
 from spek_sentinel.domain.samples import ReleaseMark, Sample
 from spek_sentinel.domain.verdicts import Verdict
 from spek_sentinel.engine.machine import RuleMachine
+from spek_sentinel.engine.split import SplitGroup
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +31,14 @@ class Engine:
     """
 
     def __init__(self, rules: Sequence[Rule]) -> None:
-        self._machines = [RuleMachine(rule) for rule in rules]
+        self._machines = [RuleMachine(rule) for rule in rules if rule.split_by is None]
+        self._groups = [SplitGroup(rule) for rule in rules if rule.split_by is not None]
         self._by_signal: dict[str, list[RuleMachine]] = {}
         for machine in self._machines:
             self._by_signal.setdefault(machine.rule.signal, []).append(machine)
+        self._groups_by_signal: dict[str, list[SplitGroup]] = {}
+        for group in self._groups:
+            self._groups_by_signal.setdefault(group.rule.signal, []).append(group)
         self._started = False
         self._next_deadline = float("inf")
         self.now = float("-inf")
@@ -43,13 +48,17 @@ class Engine:
 
     @property
     def signals(self) -> frozenset[str]:
-        return frozenset(self._by_signal)
+        return frozenset(self._by_signal) | frozenset(self._groups_by_signal)
 
     def _start(self, now: float) -> None:
         self._started = True
         for machine in self._machines:
             machine.watch_from = now
-        self._next_deadline = min((m.next_deadline() for m in self._machines), default=float("inf"))
+        for group in self._groups:
+            group.watch_from = now
+        deadlines = [m.next_deadline() for m in self._machines]
+        deadlines += [g.next_deadline() for g in self._groups]
+        self._next_deadline = min(deadlines, default=float("inf"))
 
     def advance(self, now: float) -> list[Verdict]:
         """Let time pass to ``now``; returns the rules that lost sight or went blind."""
@@ -66,6 +75,9 @@ class Engine:
                 verdicts.append(verdict)
             deadline = machine.next_deadline()
             earliest = min(earliest, deadline)
+        for group in self._groups:
+            verdicts.extend(group.advance(now))
+            earliest = min(earliest, group.next_deadline())
         self._next_deadline = earliest
         return verdicts
 
@@ -81,16 +93,21 @@ class Engine:
         self._last_at[signal] = at
         verdicts = self.advance(at) if at >= self._next_deadline or not self._started else []
         machines = self._by_signal.get(signal)
-        if machines is None:
+        groups = self._groups_by_signal.get(signal)
+        if machines is None and groups is None:
             self.unrouted += 1
             return verdicts
-        for machine in machines:
+        for machine in machines or ():
             verdict = machine.observe(sample)
             if verdict is not None:
                 verdicts.append(verdict)
                 # a rule that sees again has deadlines earlier than the cached minimum
                 deadline = machine.next_deadline()
                 self._next_deadline = min(self._next_deadline, deadline)
+        for group in groups or ():
+            verdicts.extend(group.observe(sample))
+            # a new series brings deadlines of its own
+            self._next_deadline = min(self._next_deadline, group.next_deadline())
         return verdicts
 
     def observe_many(self, samples: Iterable[Sample]) -> list[Verdict]:
@@ -103,17 +120,22 @@ class Engine:
         """A new release started: anchors release baselines and restarts trend windows."""
         for machine in self._machines:
             machine.check.release(mark.at)
+        for group in self._groups:
+            group.release(mark.at)
 
     def rearm(self, phase: str) -> None:
         """Start every rule of ``phase`` afresh, silently (post-rollback validation after a
         rollback: a check that was already failing during the incident must fail again after
         the rollback to page)."""
-        for machine in self._machines:
+        for machine in self._all_machines():
             if machine.rule.phase == phase:
                 machine.rearm()
+
+    def _all_machines(self) -> list[RuleMachine]:
+        return self._machines + [m for g in self._groups for m in g.machines.values()]
 
     def status(self) -> list[RuleStatus]:
         return [
             RuleStatus(m.rule, m.state, m.blind, m.last_value, m.last_usable_at)
-            for m in self._machines
+            for m in self._all_machines()
         ]

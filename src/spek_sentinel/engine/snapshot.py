@@ -60,8 +60,19 @@ def judge_now(rule: Rule, sample: Sample | None) -> RuleCheck:
     return RuleCheck(rule, sample, Status.OK, text)
 
 
-def judge_all(rules: Iterable[Rule], samples: Mapping[str, Sample]) -> list[RuleCheck]:
-    return [judge_now(rule, samples.get(rule.signal)) for rule in rules if rule.phase == "watch"]
+def judge_all(rules: Iterable[Rule], samples: Mapping[str, list[Sample]]) -> list[RuleCheck]:
+    """Every watch rule on the samples of its signal; a split rule once per series."""
+    checks = []
+    for rule in rules:
+        if rule.phase != "watch":
+            continue
+        seen = samples.get(rule.signal, [])
+        per_series = [s for s in seen if s.series]
+        if rule.split_by is not None and per_series:
+            checks += [judge_now(rule.for_series(s.series), s) for s in per_series]
+        else:
+            checks.append(judge_now(rule, seen[0] if seen else None))
+    return checks
 
 
 def exit_code(checks: Iterable[RuleCheck]) -> int:

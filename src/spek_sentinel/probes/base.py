@@ -31,6 +31,14 @@ class Reading:
 
 
 @dataclass(frozen=True, slots=True)
+class Split:
+    """A signal split by a label: a value (or None) per series. No series at all is no data
+    for the whole signal."""
+
+    values: Mapping[str, float | None]
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     """One signal could not be read (the reason, without credentials); the others still report."""
 
@@ -52,7 +60,7 @@ class Probe(Protocol):
     @property
     def signals(self) -> tuple[str, ...]: ...
 
-    async def collect(self) -> Mapping[str, Reading | Failed | float | None]:
+    async def collect(self) -> Mapping[str, Reading | Split | Failed | float | None]:
         """Read every signal once. Missing signals count as no data."""
         ...
 
@@ -98,6 +106,13 @@ async def observe(
         reading = readings.get(signal)
         if isinstance(reading, Reading):
             samples.append(Sample(signal, at, value=reading.value, volume=reading.volume))
+        elif isinstance(reading, Split):
+            if not reading.values:
+                samples.append(Sample(signal, at, value=None))
+            samples.extend(
+                Sample(signal, at, value=value, series=series)
+                for series, value in sorted(reading.values.items())
+            )
         elif isinstance(reading, Failed):
             error = redact(f"probe {probe.name}: {reading.error}", secrets)
             samples.append(Sample(signal, at, error=error))

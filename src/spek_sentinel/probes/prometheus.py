@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from spek_sentinel.config.probes import PrometheusProbe
 from spek_sentinel.domain.errors import ProbeError
 from spek_sentinel.probes import promql_http
-from spek_sentinel.probes.base import Failed, Probe, Reading, redact
+from spek_sentinel.probes.base import Failed, Probe, Reading, Split, redact
 
 # Each request gives up a little before observe() does, so a slow query is reported as that
 # signal's own timeout while the other signals keep their values; Prometheus is asked to stop
@@ -30,6 +30,11 @@ class PromqlProbe:
         self._interval = interval
         self._timeout = model.timeout
         self._queries = {signal: spec.query or "" for signal, spec in model.signals.items()}
+        self._split_by = {
+            signal: spec.split_by
+            for signal, spec in model.signals.items()
+            if spec.split_by is not None
+        }
         self._volume_queries = {
             signal: spec.volume_query
             for signal, spec in model.signals.items()
@@ -57,26 +62,32 @@ class PromqlProbe:
     def signals(self) -> tuple[str, ...]:
         return tuple(self._queries)
 
-    async def collect(self) -> Mapping[str, Reading | float | Failed | None]:
+    async def collect(self) -> Mapping[str, Reading | Split | float | Failed | None]:
         token = await self._token.value() if self._token is not None else None
         signals = list(self._queries)
         values, volumes = await asyncio.gather(
-            asyncio.gather(*(self._read(self._queries[s], token) for s in signals)),
+            asyncio.gather(
+                *(self._read(self._queries[s], token, self._split_by.get(s)) for s in signals)
+            ),
             asyncio.gather(
                 *(self._read(self._volume_queries[s], token) for s in self._volume_queries)
             ),
         )
-        readings: dict[str, Reading | float | Failed | None] = dict(
+        readings: dict[str, Reading | Split | float | Failed | None] = dict(
             zip(signals, values, strict=True)
         )
         for signal, volume in zip(self._volume_queries, volumes, strict=True):
             readings[signal] = _with_volume(readings[signal], volume)
         return readings
 
-    async def _read(self, query: str, token: str | None) -> float | Failed | None:
+    async def _read(
+        self, query: str, token: str | None, split_by: str | None = None
+    ) -> float | Split | Failed | None:
         params = {"query": query, "timeout": self._server_timeout}
         try:
             data = await promql_http.get_data(self._client, "/api/v1/query", params, token)
+            if split_by is not None:
+                return Split(promql_http.instant_split(data, split_by))
             return promql_http.instant_value(data)
         except ProbeError as exc:
             return Failed(redact(str(exc), [token] if token else []))
@@ -86,14 +97,16 @@ class PromqlProbe:
 
 
 def _with_volume(
-    value: Reading | float | Failed | None, volume: float | Failed | None
-) -> Reading | float | Failed | None:
+    value: Reading | Split | float | Failed | None, volume: float | Split | Failed | None
+) -> Reading | Split | float | Failed | None:
     """Attach the traffic behind a ratio. A failed volume query fails the signal: the rule asked
     for a volume guard, and judging without it could roll back on 1 error in 3 requests."""
     if isinstance(value, Failed) or not isinstance(value, float):
         return value
     if isinstance(volume, Failed):
         return Failed(f"volume_query: {volume.error}")
+    if isinstance(volume, Split):  # config refuses split_by with volume_query
+        return value
     return Reading(value, volume)
 
 

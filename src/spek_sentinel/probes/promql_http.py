@@ -184,7 +184,8 @@ def _too_many(result: list[Any]) -> ProbeError:
     more = ", ..." if len(result) > SHOWN_SERIES else ""
     return ProbeError(
         f"query returned {len(result)} series ({shown}{more}), expected one; "
-        "aggregate it to a single series, e.g. sum(...) or max(...)"
+        "aggregate it to a single series, e.g. sum(...) or max(...), or set split_by to a "
+        "label to judge each series"
     )
 
 
@@ -207,6 +208,47 @@ def instant_value(data: Any) -> float | None:
             "e.g. rate(x[5m]) rather than x[5m]"
         )
     raise ProbeError(f"query returned a {kind}, not a number")
+
+
+def _by_label(result: list[Any], label: str) -> dict[str, Any]:
+    """Series keyed by one label's value; a series without it, or two sharing a value, is a
+    ProbeError (they could not be told apart from one run to the next)."""
+    keyed: dict[str, Any] = {}
+    for series in result:
+        value = series["metric"].get(label)
+        if value is None:
+            raise ProbeError(f"a series has no label {label!r} to split by: {_labels(series)}")
+        if value in keyed:
+            raise ProbeError(
+                f"several series share {label}={value!r}; aggregate by ({label}) first"
+            )
+        keyed[value] = series
+    return keyed
+
+
+def instant_split(data: Any, label: str) -> dict[str, float | None]:
+    """An instant vector as {label value: value}; NaN and Inf are no data for that series."""
+    try:
+        kind, result = data["resultType"], data["result"]
+        if kind != "vector":
+            raise ProbeError(f"query returned a {kind}; split_by needs an instant vector")
+        return {key: _number(s["value"][1]) for key, s in _by_label(result, label).items()}
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ProbeError(f"unexpected answer from the Prometheus API: {_shape(exc)}") from None
+
+
+def range_split(data: Any, label: str) -> dict[str, dict[int, float | None]]:
+    """A range query's series as {label value: {timestamp in ms: value or None}}."""
+    try:
+        kind, result = data["resultType"], data["result"]
+        if kind != "matrix":
+            raise ProbeError(f"range query returned a {kind}, expected a matrix")
+        return {
+            key: {round(float(ts) * 1000): _number(raw) for ts, raw in series["values"]}
+            for key, series in _by_label(result, label).items()
+        }
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ProbeError(f"unexpected answer from the Prometheus API: {_shape(exc)}") from None
 
 
 def range_points(data: Any) -> dict[int, float | None]:

@@ -174,7 +174,8 @@ async def _fetch_probe(
             raise InputError(f"probes.{name}: {exc}") from None
         fetcher = _Fetcher(client, grid, token, options)
         series = await _together(
-            fetcher.signal(name, signal, spec.query or "") for signal, spec in model.signals.items()
+            fetcher.signal(name, signal, spec.query or "", spec.split_by)
+            for signal, spec in model.signals.items()
         )
     return [sample for samples in series for sample in samples]
 
@@ -194,8 +195,11 @@ class _Fetcher:
     token: str | None
     options: _Options
 
-    async def signal(self, probe: str, signal: str, query: str) -> list[Sample]:
+    async def signal(
+        self, probe: str, signal: str, query: str, split_by: str | None = None
+    ) -> list[Sample]:
         points: dict[int, float | None] = {}
+        per_series: dict[str, dict[int, float | None]] = {}
         for first, last in self.grid.chunks():
             params = {
                 "query": query,
@@ -209,14 +213,24 @@ class _Fetcher:
                     data = await promql_http.get_data(
                         self.client, "/api/v1/query_range", params, self.token
                     )
-                points.update(promql_http.range_points(data))
+                if split_by is None:
+                    points.update(promql_http.range_points(data))
+                else:
+                    for key, series in promql_http.range_split(data, split_by).items():
+                        per_series.setdefault(key, {}).update(series)
             except ProbeError as exc:
                 reason = redact(str(exc), [self.token] if self.token else [])
                 raise InputError(f"probes.{probe}, signal {signal}: {reason}") from None
         grid = self.grid
+        steps = range(grid.start_ms, grid.start_ms + grid.points * grid.step_ms, grid.step_ms)
+        if split_by is None:
+            return [Sample(signal, at_ms / 1000, value=points.get(at_ms)) for at_ms in steps]
+        if not per_series:
+            return [Sample(signal, at_ms / 1000, value=None) for at_ms in steps]
+        # a series replays only where it has points: before and after, it did not exist
         return [
-            Sample(signal, at_ms / 1000, value=points.get(at_ms))
-            for at_ms in range(
-                grid.start_ms, grid.start_ms + grid.points * grid.step_ms, grid.step_ms
-            )
+            Sample(signal, at_ms / 1000, value=series[at_ms], series=key)
+            for at_ms in steps
+            for key, series in sorted(per_series.items())
+            if at_ms in series
         ]

@@ -2,9 +2,9 @@
 
 Each line is one object with ``ts`` (unix seconds or RFC 3339) and one of:
 ``signal`` with ``value`` (a number, or null for no data) or ``error`` (probe error text),
-optionally ``volume``; ``release`` (a version string: a deploy started); ``ack`` (who
-acknowledged). The whole file is checked before anything is replayed; every bad line is
-reported with its number.
+optionally ``volume`` and ``series`` (the label value of a split signal); ``release`` (a
+version string: a deploy started); ``ack`` (who acknowledged). The whole file is checked
+before anything is replayed; every bad line is reported with its number.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Ack:
 
 Event = Sample | ReleaseMark | Ack
 
-_SAMPLE_KEYS = {"ts", "signal", "value", "error", "volume"}
+_SAMPLE_KEYS = {"ts", "signal", "value", "error", "volume", "series"}
 
 
 def parse_ts(raw: Any) -> float:
@@ -85,16 +85,20 @@ def parse_line(text: str) -> Event:
     signal = obj.get("signal")
     if not isinstance(signal, str) or not signal:
         raise ValueError("missing 'signal' (or 'release' / 'ack')")
+    series = obj.get("series", "")
+    if not isinstance(series, str):
+        raise ValueError("'series' must be a string (the split label's value)")
     error = obj.get("error")
     if error is not None:
         if not isinstance(error, str):
             raise ValueError("'error' must be a string")
         if obj.get("value") is not None:
             raise ValueError("give either 'value' or 'error', not both")
-        return Sample(signal, at, error=error)
+        return Sample(signal, at, error=error, series=series)
     if "value" not in obj:
         raise ValueError("missing 'value' (null means no data) or 'error'")
-    return Sample(signal, at, value=_number(obj, "value"), volume=_number(obj, "volume"))
+    value, volume = _number(obj, "value"), _number(obj, "volume")
+    return Sample(signal, at, value=value, volume=volume, series=series)
 
 
 def parse_series(lines: Iterable[str], source: str) -> list[Event]:

@@ -15,7 +15,7 @@ from spek_sentinel.probes.registry import build_probes
 
 @dataclass(frozen=True, slots=True)
 class CheckReport:
-    samples: dict[str, Sample]
+    samples: dict[str, list[Sample]]
     checks: list[RuleCheck]
     exit_code: int
 
@@ -30,6 +30,8 @@ async def _observe_all(probes: list[Probe]) -> list[Sample]:
 
 def run_check(config: Config, environ: Mapping[str, str]) -> CheckReport:
     probes = build_probes(config, environ)
-    samples = {sample.signal: sample for sample in asyncio.run(_observe_all(probes))}
+    samples: dict[str, list[Sample]] = {}
+    for sample in asyncio.run(_observe_all(probes)):
+        samples.setdefault(sample.signal, []).append(sample)
     checks = judge_all(config.rules, samples)
     return CheckReport(samples, checks, exit_code(checks))
