@@ -25,6 +25,7 @@ from spek_sentinel.domain.rules import Rule
 from spek_sentinel.domain.settings import PolicySettings
 
 RULE_KINDS = ("threshold", "relative", "trend", "event")
+APPLICATION_KINDS = ("docker", "git", "command")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     if len(parts) > 2 and (
         (parts[0] == "rules" and parts[2] in RULE_KINDS)
         or (parts[0] == "probes" and parts[2] in PROBE_KINDS)
+        or (parts[:2] == ["rollback", "application"] and parts[2] in APPLICATION_KINDS)
     ):
         del parts[2]  # the discriminated-union tag pydantic inserts; not a key in the file
     if parts and parts[-1] == "[key]":

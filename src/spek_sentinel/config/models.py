@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from spek_sentinel.config.probes import Probe
+from spek_sentinel.config.rollback import RollbackSettings
 from spek_sentinel.config.types import (
     Duration,
     Name,
@@ -129,3 +130,4 @@ class ConfigModel(StrictModel):
     playbooks: dict[Name, PlaybookModel] = {}
     rules: list[RuleModel] = Field(min_length=1)
     validation: Validation = Validation()
+    rollback: RollbackSettings = RollbackSettings()

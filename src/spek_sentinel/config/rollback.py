@@ -1,0 +1,79 @@
+"""The ``[rollback]`` section: where backups go, what the database and the application are, and
+how a rollback is verified. The rollback package carries it out."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from spek_sentinel.config.types import Duration, PositiveDuration, StrictModel
+
+Argv = Annotated[list[str], Field(min_length=1)]
+
+
+class DatabaseTarget(StrictModel):
+    """The database to back up and roll back: by DSN (from env or file), or only inside its
+    container as in the runbook (``docker exec spek-postgres pg_dump -U spek_user -d spek_db``)."""
+
+    dsn_env: str | None = None
+    dsn_file: str | None = None
+    container: str | None = None
+    dbname: str | None = None  # with container
+    user: str | None = None  # with container
+    password_env: str | None = None  # with container, when the server asks for one
+    migrations_dir: str | None = None  # NNN_name.up.sql / NNN_name.down.sql
+    migrate_down_command: Argv | None = None  # the app's own, e.g. node scripts/migrate.js down
+    migrate_down_all_command: Argv | None = None
+    migrate_cwd: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> DatabaseTarget:
+        ways = [self.dsn_env, self.dsn_file, self.container]
+        if sum(way is not None for way in ways) != 1:
+            raise ValueError("set exactly one of dsn_env, dsn_file or container")
+        if self.container is not None and (self.dbname is None or self.user is None):
+            raise ValueError("a database inside a container needs dbname and user")
+        if self.migrations_dir is not None and self.migrate_down_command is not None:
+            raise ValueError("set migrations_dir or migrate_down_command, not both")
+        return self
+
+
+class DockerApplication(StrictModel):
+    kind: Literal["docker"]
+    container: str
+
+
+class GitApplication(StrictModel):
+    kind: Literal["git"]
+    repo: str
+    clean_commands: list[Argv] = []
+    build_commands: list[Argv] = []
+    stop_command: Argv
+    start_command: Argv
+
+
+class CommandApplication(StrictModel):
+    kind: Literal["command"]
+    stop_command: Argv
+    rollback_command: Argv  # "{release}" in an argument is replaced by the target release
+    start_command: Argv
+    current_release_command: Argv
+    target_exists_command: Argv | None = None
+
+
+Application = Annotated[
+    DockerApplication | GitApplication | CommandApplication, Field(discriminator="kind")
+]
+
+
+class RollbackSettings(StrictModel):
+    backup_dir: str = "/var/lib/spek-sentinel/backups"
+    incidents_dir: str = "/var/lib/spek-sentinel/incidents"
+    downtime_budget: PositiveDuration = 600.0  # the runbook's "maximum downtime: 10 minutes"
+    downtime_target: PositiveDuration = 300.0  # "target: 5 minutes"
+    step_timeout: PositiveDuration = 300.0
+    keep_backups: int = Field(default=10, ge=1)
+    known_good_after: Duration = 3600.0  # a release healthy this long becomes "known good"
+    database: DatabaseTarget | None = None
+    application: Application | None = None
