@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from spek_sentinel.config import Config
 from spek_sentinel.domain.samples import Sample
 from spek_sentinel.engine.snapshot import RuleCheck, exit_code, judge_all
-from spek_sentinel.probes.base import Probe, observe
+from spek_sentinel.probes.collect import observe_all
 from spek_sentinel.probes.registry import build_probes
 
 
@@ -20,18 +20,10 @@ class CheckReport:
     exit_code: int
 
 
-async def _observe_all(probes: list[Probe]) -> list[Sample]:
-    try:
-        batches = await asyncio.gather(*(observe(probe) for probe in probes))
-    finally:
-        await asyncio.gather(*(probe.aclose() for probe in probes), return_exceptions=True)
-    return [sample for batch in batches for sample in batch]
-
-
 def run_check(config: Config, environ: Mapping[str, str]) -> CheckReport:
     probes = build_probes(config, environ)
     samples: dict[str, list[Sample]] = {}
-    for sample in asyncio.run(_observe_all(probes)):
+    for sample in asyncio.run(observe_all(probes)):
         samples.setdefault(sample.signal, []).append(sample)
     checks = judge_all(config.rules, samples)
     return CheckReport(samples, checks, exit_code(checks))
