@@ -1,0 +1,1 @@
+"""The rollback executor: the runbook as code, safe for the database."""
