@@ -17,6 +17,18 @@ class PushedSignal:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A release of the watched application (an image or a commit) and how it fared."""
+
+    id: int
+    version: str
+    first_seen: float
+    healthy_since: float | None  # every rule OK without a break since then
+    known_good_at: float | None  # when it had been healthy for the known-good period
+    source: str  # who recorded it: "deploy", "detected", "rollback"
+
+
 class SignalStore(Protocol):
     def push(self, name: str, value: float, reason: str, by: str, at: float) -> PushedSignal:
         """Record a pushed value; it stays current until resolved or superseded."""

@@ -6,7 +6,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from spek_sentinel.store.base import PushedSignal
+from spek_sentinel.store.base import PushedSignal, Release
 
 STATE_FILE = "sentinel.sqlite3"
 
@@ -25,6 +25,17 @@ MIGRATIONS: tuple[str, ...] = (
         resolve_reason TEXT
     );
     CREATE INDEX pushed_signals_open ON pushed_signals (name, resolved_at, pushed_at);
+    """,
+    """
+    CREATE TABLE releases (
+        id INTEGER PRIMARY KEY,
+        version TEXT NOT NULL,
+        first_seen REAL NOT NULL,
+        healthy_since REAL,
+        known_good_at REAL,
+        source TEXT NOT NULL
+    );
+    CREATE INDEX releases_by_time ON releases (first_seen);
     """,
 )
 
@@ -100,3 +111,64 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    # -- releases ---------------------------------------------------------------------------
+
+    def record_release(self, version: str, at: float, source: str) -> Release:
+        """A release started. Recording the one already current changes nothing."""
+        with self._lock:
+            current = self._current_release()
+            if current is not None and current.version == version:
+                return current
+            self._db.execute(
+                "INSERT INTO releases (version, first_seen, source) VALUES (?, ?, ?)",
+                (version, at, source),
+            )
+            latest = self._current_release()
+        assert latest is not None
+        return latest
+
+    def mark_healthy(self, at: float, healthy: bool, known_good_after: float) -> Release | None:
+        """Every rule is OK (``healthy``) or not at ``at``. A release healthy without a break for
+        ``known_good_after`` becomes known good, and stays so."""
+        with self._lock:
+            current = self._current_release()
+            if current is None:
+                return None
+            since = current.healthy_since if healthy else None
+            if healthy and since is None:
+                since = at
+            known_good = current.known_good_at
+            if known_good is None and since is not None and at - since >= known_good_after:
+                known_good = at
+            self._db.execute(
+                "UPDATE releases SET healthy_since = ?, known_good_at = ? WHERE id = ?",
+                (since, known_good, current.id),
+            )
+            return self._current_release()
+
+    def releases(self) -> list[Release]:
+        with self._lock:
+            rows = self._db.execute(_RELEASES_NEWEST_FIRST).fetchall()
+        return [Release(*row) for row in rows]
+
+    def rollback_target(self) -> Release | None:
+        """The newest known-good release that is not the current one."""
+        history = self.releases()
+        if not history:
+            return None
+        current = history[0]
+        for release in history[1:]:
+            if release.known_good_at is not None and release.version != current.version:
+                return release
+        return None
+
+    def _current_release(self) -> Release | None:
+        row = self._db.execute(_RELEASES_NEWEST_FIRST + " LIMIT 1").fetchone()
+        return Release(*row) if row is not None else None
+
+
+_RELEASES_NEWEST_FIRST = (
+    "SELECT id, version, first_seen, healthy_since, known_good_at, source FROM releases "
+    "ORDER BY first_seen DESC, id DESC"
+)

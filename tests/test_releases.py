@@ -1,0 +1,72 @@
+"""The release history: known good after a healthy period; the rollback target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from spek_sentinel.cli import main
+from spek_sentinel.store.sqlite import SqliteStore
+
+HOUR = 3600.0
+
+
+def test_recording_the_current_release_again_changes_nothing(tmp_path: Path) -> None:
+    store = SqliteStore.in_dir(tmp_path)
+    first = store.record_release("spek:1.4.0", 100.0, "deploy")
+    again = store.record_release("spek:1.4.0", 200.0, "detected")
+    assert again == first
+    assert [r.version for r in store.releases()] == ["spek:1.4.0"]
+
+
+def test_a_release_healthy_for_the_period_becomes_known_good(tmp_path: Path) -> None:
+    store = SqliteStore.in_dir(tmp_path)
+    store.record_release("spek:1.4.0", 0.0, "deploy")
+    store.mark_healthy(0.0, healthy=True, known_good_after=HOUR)
+    store.mark_healthy(1800.0, healthy=False, known_good_after=HOUR)  # a breach: start again
+    store.mark_healthy(1900.0, healthy=True, known_good_after=HOUR)
+    not_yet = store.mark_healthy(1900.0 + HOUR - 1, healthy=True, known_good_after=HOUR)
+    assert not_yet is not None and not_yet.known_good_at is None
+    good = store.mark_healthy(1900.0 + HOUR, healthy=True, known_good_after=HOUR)
+    assert good is not None and good.known_good_at == 1900.0 + HOUR
+    later = store.mark_healthy(9 * HOUR, healthy=False, known_good_after=HOUR)
+    assert later is not None and later.known_good_at == 1900.0 + HOUR  # stays known good
+
+
+def test_the_rollback_target_is_the_newest_known_good_release_that_is_not_current(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore.in_dir(tmp_path)
+    for index, version in enumerate(["1.3.0", "1.4.0", "1.5.0"]):
+        store.record_release(version, index * 10 * HOUR, "deploy")
+        if version != "1.5.0":
+            store.mark_healthy(index * 10 * HOUR, healthy=True, known_good_after=HOUR)
+            store.mark_healthy(index * 10 * HOUR + HOUR, healthy=True, known_good_after=HOUR)
+    target = store.rollback_target()
+    assert target is not None and target.version == "1.4.0"
+
+
+def test_no_known_good_release_means_no_target(tmp_path: Path) -> None:
+    store = SqliteStore.in_dir(tmp_path)
+    store.record_release("1.4.0", 0.0, "deploy")
+    store.record_release("1.5.0", HOUR, "deploy")
+    assert store.rollback_target() is None
+
+
+def test_release_record_and_releases_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "thresholds.toml"
+    shipped = (Path(__file__).parent.parent / "thresholds.toml").read_text(encoding="utf-8")
+    table.write_text(
+        shipped.replace("[sentinel]\n", f'[sentinel]\nstate_dir = "{tmp_path / "state"}"\n', 1),
+        encoding="utf-8",
+    )
+    assert main(["release", "record", "-c", str(table), "spek:1.5.0"]) == 0
+    assert "release spek:1.5.0 current since" in capsys.readouterr().out
+    assert main(["releases", "-c", str(table), "--json"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["version"] == "spek:1.5.0"
+    assert main(["release", "record", "-c", str(table), "  "]) == 1
