@@ -50,3 +50,26 @@ def test_store_uses_write_ahead_logging(tmp_path: Path) -> None:
     SqliteStore.in_dir(tmp_path).close()
     db = sqlite3.connect(tmp_path / STATE_FILE)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_stores_opening_a_new_state_file_at_once_migrate_it_once(tmp_path: Path) -> None:
+    import threading  # noqa: PLC0415 -- only this test races
+
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        start.wait()
+        try:
+            SqliteStore.in_dir(tmp_path).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    db = sqlite3.connect(tmp_path / STATE_FILE)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)

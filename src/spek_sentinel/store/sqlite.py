@@ -37,6 +37,40 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX releases_by_time ON releases (first_seen);
     """,
+    """
+    CREATE TABLE rollback_runs (
+        incident_id TEXT PRIMARY KEY,
+        plan_fingerprint TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'halted', 'failed')),
+        reason TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        fencing_token INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        downtime_started_at REAL,
+        downtime_ended_at REAL,
+        budget_exceeded_at REAL
+    );
+    CREATE TABLE rollback_steps (
+        incident_id TEXT NOT NULL REFERENCES rollback_runs (incident_id),
+        step_index INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        idempotent INTEGER NOT NULL,
+        destructive INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('claimed', 'succeeded', 'failed', 'skipped')),
+        attempt INTEGER NOT NULL,
+        owner TEXT NOT NULL,
+        fencing_token INTEGER NOT NULL,
+        claimed_at REAL NOT NULL,
+        ended_at REAL,
+        duration REAL,
+        output TEXT NOT NULL,
+        error TEXT NOT NULL,
+        verified_backup TEXT,
+        PRIMARY KEY (incident_id, step_index)
+    );
+    """,
 )
 
 
@@ -47,17 +81,25 @@ class SchemaTooNewError(RuntimeError):
 def migrate(connection: sqlite3.Connection) -> int:
     """Bring the schema to the newest version; returns it. Refuses a newer schema than known,
     which means a newer spek-sentinel wrote this file: downgrading would lose data."""
-    version = int(connection.execute("PRAGMA user_version").fetchone()[0])
-    if version > len(MIGRATIONS):
-        raise SchemaTooNewError(
-            f"state schema version {version} is newer than this spek-sentinel knows "
-            f"({len(MIGRATIONS)}); run the newer version or restore a matching state file"
-        )
-    for index in range(version, len(MIGRATIONS)):
-        with connection:
-            connection.executescript(
-                f"BEGIN; {MIGRATIONS[index]} PRAGMA user_version = {index + 1}; COMMIT;"
+    # BEGIN IMMEDIATE takes the write lock before the version is read, so two processes
+    # opening a new state file at once do not both run the same migration
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise SchemaTooNewError(
+                f"state schema version {version} is newer than this spek-sentinel knows "
+                f"({len(MIGRATIONS)}); run the newer version or restore a matching state file"
             )
+        for index in range(version, len(MIGRATIONS)):
+            for statement in MIGRATIONS[index].split(";"):  # DDL only: no ';' inside literals
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {index + 1}")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
     return len(MIGRATIONS)
 
 
