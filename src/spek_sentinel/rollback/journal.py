@@ -212,6 +212,11 @@ _SELECT_RUN = (
     "started_at, ended_at, downtime_started_at, downtime_ended_at, budget_exceeded_at "
     "FROM rollback_runs WHERE incident_id = ?"
 )
+_SELECT_RUNS_NEWEST_FIRST = (
+    "SELECT incident_id, plan_fingerprint, plan, status, reason, owner, fencing_token, "
+    "started_at, ended_at, downtime_started_at, downtime_ended_at, budget_exceeded_at "
+    "FROM rollback_runs ORDER BY started_at DESC"
+)
 _SELECT_STEPS = (
     "SELECT incident_id, step_index, name, idempotent, destructive, status, attempt, owner, "
     "fencing_token, claimed_at, ended_at, duration, output, error, verified_backup "
@@ -273,6 +278,12 @@ class Journal:
     def run(self, incident_id: str) -> RunRecord | None:
         with self._lock:
             return self._run(self._db, incident_id)
+
+    def runs(self) -> list[RunRecord]:
+        """Every rollback run, newest first."""
+        with self._lock:
+            rows = self._db.execute(_SELECT_RUNS_NEWEST_FIRST).fetchall()
+        return [_run_record(row) for row in rows]
 
     def steps(self, incident_id: str) -> dict[int, StepRecord]:
         """Every step that was ever claimed for the incident, by index."""
