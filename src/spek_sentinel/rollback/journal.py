@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from spek_sentinel.domain.errors import RollbackError
-from spek_sentinel.store.sqlite import STATE_FILE, migrate
+from spek_sentinel.store.sqlite import STATE_FILE, open_state_db
 
 RunStatus = Literal["running", "succeeded", "halted", "failed"]
 StepStatus = Literal["claimed", "succeeded", "failed", "skipped"]
@@ -243,14 +243,9 @@ class Journal:
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA busy_timeout = 10000")
-        self._db.execute("PRAGMA synchronous = FULL")
-        migrate(self._db)
+        self._db = open_state_db(path, busy_timeout_ms=10_000)
 
     @classmethod
     def in_dir(cls, state_dir: Path) -> Journal:

@@ -103,16 +103,23 @@ def migrate(connection: sqlite3.Connection) -> int:
     return len(MIGRATIONS)
 
 
+def open_state_db(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
+    """A connection to the state file: autocommit (transactions are explicit), WAL, durable
+    commits, the schema migrated."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    db.execute("PRAGMA synchronous = FULL")
+    migrate(db)
+    return db
+
+
 class SqliteStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA busy_timeout = 5000")
-        self._db.execute("PRAGMA synchronous = FULL")
-        migrate(self._db)
+        self._db = open_state_db(path)
 
     @classmethod
     def in_dir(cls, state_dir: Path) -> SqliteStore:
