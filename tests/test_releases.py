@@ -64,9 +64,75 @@ def test_release_record_and_releases_commands(
         shipped.replace("[sentinel]\n", f'[sentinel]\nstate_dir = "{tmp_path / "state"}"\n', 1),
         encoding="utf-8",
     )
-    assert main(["release", "record", "-c", str(table), "spek:1.5.0"]) == 0
+    assert main(["release", "record", "-c", str(table), "spek:1.5.0", "--no-backup"]) == 0
     assert "release spek:1.5.0 current since" in capsys.readouterr().out
     assert main(["releases", "-c", str(table), "--json"]) == 0
     [line] = capsys.readouterr().out.splitlines()
     assert json.loads(line)["version"] == "spek:1.5.0"
-    assert main(["release", "record", "-c", str(table), "  "]) == 1
+    assert main(["release", "record", "-c", str(table), "  ", "--no-backup"]) == 1
+
+
+def dsn_table(tmp_path: Path) -> Path:
+    table = tmp_path / "thresholds.toml"
+    table.write_text(
+        f"""
+[sentinel]
+state_dir = "{tmp_path / "state"}"
+
+[rollback]
+backup_dir = "{tmp_path / "backups"}"
+
+[rollback.database]
+dsn_env = "RELEASE_TEST_DSN"
+
+[probes.confirmed]
+kind = "pushed"
+signals.data_corruption = {{ unit = "count", measure = "event" }}
+
+[[rules]]
+name = "data_corruption"
+signal = "data_corruption"
+kind = "event"
+severity = "evaluate"
+""",
+        encoding="utf-8",
+    )
+    return table
+
+
+def test_release_record_takes_a_verified_pre_deployment_backup_first(
+    tmp_path: Path,
+    postgres_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import psycopg  # noqa: PLC0415 -- only this test needs a database
+
+    with psycopg.connect(postgres_db, autocommit=True) as db:
+        db.execute("CREATE TABLE projects (id int primary key, name text)")
+        db.execute("INSERT INTO projects VALUES (1, 'atlantis')")
+    monkeypatch.setenv("RELEASE_TEST_DSN", postgres_db)
+    table = str(dsn_table(tmp_path))
+
+    assert main(["release", "record", "-c", table, "spek:1.5.0"]) == 0
+    captured = capsys.readouterr()
+    assert "pre-deployment backup verified:" in captured.err
+    assert "release spek:1.5.0 current since" in captured.out
+
+    assert main(["backups", "-c", table, "--json"]) == 0
+    [backup] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (backup["label"], backup["verified"]) == ("pre_deployment", True)
+    assert Path(backup["path"]).is_file()
+
+
+def test_a_failed_pre_deployment_backup_records_no_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RELEASE_TEST_DSN", "postgresql://postgres@127.0.0.1:1/gone")
+    table = str(dsn_table(tmp_path))
+    assert main(["release", "record", "-c", table, "spek:1.5.0"]) == 1
+    assert "NOT recorded: the pre-deployment backup failed" in capsys.readouterr().err
+    assert main(["releases", "-c", table, "--json"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["backups", "-c", table]) == 0
+    assert "no backups in" in capsys.readouterr().out

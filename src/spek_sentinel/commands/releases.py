@@ -1,27 +1,53 @@
-"""`spek-sentinel release record VERSION` and `spek-sentinel releases`: the release history
-that rollbacks target (the newest known-good release that is not the current one)."""
+"""`spek-sentinel release record VERSION`, `spek-sentinel releases` and `spek-sentinel backups`:
+the release history a rollback targets, and the backups it restores from."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from spek_sentinel.commands.common import EXIT_INVALID, EXIT_OK, add_config_option, load
+from spek_sentinel.commands.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    add_config_option,
+    config_path,
+    load,
+    report_config_error,
+)
+from spek_sentinel.config import Config
+from spek_sentinel.domain.errors import ConfigError, RollbackError
+from spek_sentinel.domain.units import format_size
 from spek_sentinel.engine.policy import iso
+from spek_sentinel.rollback.backup import (
+    BackupRecord,
+    create_backup,
+    list_backups,
+    preflight,
+    prune,
+)
+from spek_sentinel.service.rollback_targets import database_target
 from spek_sentinel.store.sqlite import SqliteStore
+
+PRE_DEPLOYMENT = "pre_deployment"
 
 
 def add_parser(commands: Any) -> None:
     release = commands.add_parser("release", help="record a deploy in the release history")
     actions = release.add_subparsers(dest="action", required=True, metavar="ACTION")
-    record = actions.add_parser("record", help="a new release of the app is starting")
+    record = actions.add_parser(
+        "record", help="a new release is about to go out: back up the database, then record it"
+    )
     add_config_option(record)
     record.add_argument("version", help="the image or commit being deployed")
     record.add_argument("--source", default="deploy", help="who records it (default: deploy)")
+    record.add_argument(
+        "--no-backup", action="store_true", help="record without the pre-deployment backup"
+    )
     record.set_defaults(handler=run_record)
 
     listing = commands.add_parser("releases", help="list the release history, newest first")
@@ -29,12 +55,37 @@ def add_parser(commands: Any) -> None:
     listing.add_argument("--json", action="store_true", help="one JSON object per release")
     listing.set_defaults(handler=run_list)
 
+    backups = commands.add_parser("backups", help="list the database backups, newest first")
+    add_config_option(backups)
+    backups.add_argument("--json", action="store_true", help="one JSON object per backup")
+    backups.set_defaults(handler=run_backups)
 
-def _store(args: argparse.Namespace, err: TextIO) -> SqliteStore | None:
-    config = load(args, err)
-    if config is None:
+
+def _pre_deployment_backup(config: Config, args: argparse.Namespace, err: TextIO) -> int | None:
+    """Take and verify the pre-deployment backup; an exit code when it failed."""
+    try:
+        target = database_target(config, os.environ)
+    except ConfigError as exc:
+        report_config_error(config_path(args), exc, err)
+        return EXIT_INVALID
+    if target is None:
         return None
-    return SqliteStore.in_dir(Path(config.model.sentinel.state_dir))
+    settings = config.model.rollback
+    backup_dir = Path(settings.backup_dir)
+    try:
+        preflight(target, backup_dir, settings.step_timeout)
+        record: BackupRecord = create_backup(
+            target, backup_dir, PRE_DEPLOYMENT, settings.step_timeout
+        )
+    except RollbackError as exc:
+        err.write(f"release {args.version} NOT recorded: the pre-deployment backup failed: {exc}\n")
+        return EXIT_INVALID
+    err.write(
+        f"pre-deployment backup verified: {record.path} ({format_size(record.size)}, "
+        f"sha256 {record.sha256[:16]}…, {len(record.tables)} tables)\n"
+    )
+    prune(backup_dir, settings.keep_backups)
+    return None
 
 
 def run_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -42,9 +93,14 @@ def run_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not version:
         err.write("the version is empty\n")
         return EXIT_INVALID
-    store = _store(args, err)
-    if store is None:
+    config = load(args, err)
+    if config is None:
         return EXIT_INVALID
+    if not args.no_backup:
+        failed = _pre_deployment_backup(config, args, err)
+        if failed is not None:
+            return failed
+    store = SqliteStore.in_dir(Path(config.model.sentinel.state_dir))
     try:
         release = store.record_release(version, time.time(), args.source)
     finally:
@@ -54,9 +110,10 @@ def run_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def run_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    store = _store(args, err)
-    if store is None:
+    config = load(args, err)
+    if config is None:
         return EXIT_INVALID
+    store = SqliteStore.in_dir(Path(config.model.sentinel.state_dir))
     try:
         history = store.releases()
         target = store.rollback_target()
@@ -76,4 +133,34 @@ def run_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if target is not None and release.id == target.id:
             note = "rollback target"
         out.write(f"{release.version:<28} {iso(release.first_seen):<21} {good:<21} {note}\n")
+    return EXIT_OK
+
+
+def run_backups(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = load(args, err)
+    if config is None:
+        return EXIT_INVALID
+    backups = list_backups(Path(config.model.rollback.backup_dir))
+    if args.json:
+        for backup in backups:
+            record = {
+                "path": str(backup.path),
+                "label": backup.label,
+                "taken_at": backup.taken_at.timestamp(),
+                "size": backup.size,
+                "sha256": backup.sha256,
+                "verified": backup.sha256 is not None,
+            }
+            out.write(json.dumps(record, sort_keys=True) + "\n")
+        return EXIT_OK
+    if not backups:
+        out.write(f"no backups in {config.model.rollback.backup_dir}\n")
+        return EXIT_OK
+    out.write(f"{'TAKEN':<21} {'LABEL':<18} {'SIZE':>8}  {'VERIFIED':<8} PATH\n")
+    for backup in backups:
+        verified = "yes" if backup.sha256 else "NO"
+        out.write(
+            f"{iso(backup.taken_at.timestamp()):<21} {backup.label:<18} "
+            f"{format_size(backup.size):>8}  {verified:<8} {backup.path}\n"
+        )
     return EXIT_OK

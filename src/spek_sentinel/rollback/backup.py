@@ -438,6 +438,28 @@ def verify_backup(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class BackupFile:
+    path: Path
+    label: str
+    taken_at: datetime  # UTC, from the file name
+    size: int
+    sha256: str | None  # recorded beside it once verified; None for an unverified file
+
+
+def list_backups(backup_dir: Path) -> list[BackupFile]:
+    """The dumps in ``backup_dir``, newest first; partial files are not dumps."""
+    found = []
+    for dump in backup_dir.glob(f"*{DUMP_SUFFIX}") if backup_dir.is_dir() else ():
+        named = _DUMP_NAME.fullmatch(dump.name)
+        if named is None:
+            continue
+        taken_at = datetime.strptime(named["stamp"], _STAMP_FORMAT).replace(tzinfo=UTC)
+        size = dump.stat().st_size
+        found.append(BackupFile(dump, named["label"], taken_at, size, _recorded_sha256(dump)))
+    return sorted(found, key=lambda backup: (backup.taken_at, backup.path.name), reverse=True)
+
+
 def prune(backup_dir: Path, keep: int, keep_labels: Iterable[str] = ()) -> PruneResult:
     """Delete the oldest verified dumps beyond ``keep`` per label.
 
