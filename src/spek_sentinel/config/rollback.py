@@ -59,7 +59,7 @@ class CommandApplication(StrictModel):
     rollback_command: Argv  # "{release}" in an argument is replaced by the target release
     start_command: Argv
     current_release_command: Argv
-    target_exists_command: Argv | None = None
+    target_exists_command: Argv  # exit 0: the release exists (pre-flight, before any stop)
 
 
 Application = Annotated[

@@ -1,0 +1,385 @@
+"""A playbook, the [rollback] section and the release history turned into an executor Plan.
+
+The steps follow the runbook's order: document the incident, pre-flight (before anything is
+stopped), emergency backup and verify, stop traffic, database rollback, application rollback,
+restart, verify. What a playbook asks for that cannot be done here is refused when the plan is
+built, before anything runs ("stops and pages rather than guess").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from spek_sentinel.config import Config
+from spek_sentinel.config.models import PlaybookModel
+from spek_sentinel.config.rollback import (
+    CommandApplication,
+    DockerApplication,
+    GitApplication,
+    RollbackSettings,
+)
+from spek_sentinel.domain.errors import RollbackError
+from spek_sentinel.engine.policy import iso
+from spek_sentinel.rollback.apps.base import AppBackend, StepOutput
+from spek_sentinel.rollback.apps.command import CommandAppSettings, CommandBackend
+from spek_sentinel.rollback.apps.docker import DockerAppSettings, DockerBackend
+from spek_sentinel.rollback.apps.git import GitAppSettings, GitBackend
+from spek_sentinel.rollback.backup import DatabaseTarget, create_backup, list_backups, preflight
+from spek_sentinel.rollback.executor import Plan, Step, StepContext, StepFailedError, StepResult
+from spek_sentinel.rollback.journal import VerifiedBackup
+from spek_sentinel.rollback.migrations import MigrationRunner, MigrationSettings, SqlMigrator
+from spek_sentinel.rollback.restore import restore_and_swap
+from spek_sentinel.rollback.verify import verify_until
+from spek_sentinel.service.rollback_targets import database_target
+
+
+class PlanError(RollbackError):
+    """The playbook cannot be carried out with this configuration; nothing was run."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRequest:
+    incident_id: str
+    playbook: str
+    target_release: str | None  # the known-good release to return to; None: no app rollback
+    trigger: str = ""
+    started_at: float = 0.0
+
+
+def app_backend(settings: RollbackSettings) -> AppBackend | None:
+    app = settings.application
+    if isinstance(app, DockerApplication):
+        return DockerBackend(DockerAppSettings(container=app.container))
+    if isinstance(app, GitApplication):
+        return GitBackend(
+            GitAppSettings(
+                repo=Path(app.repo),
+                stop_command=tuple(app.stop_command),
+                start_command=tuple(app.start_command),
+                clean_commands=tuple(tuple(c) for c in app.clean_commands),
+                build_commands=tuple(tuple(c) for c in app.build_commands),
+            )
+        )
+    if isinstance(app, CommandApplication):
+        return CommandBackend(
+            CommandAppSettings(
+                stop_command=tuple(app.stop_command),
+                rollback_command=tuple(app.rollback_command),
+                start_command=tuple(app.start_command),
+                current_release_command=tuple(app.current_release_command),
+                target_exists_command=tuple(app.target_exists_command),
+            )
+        )
+    return None
+
+
+def _text(output: StepOutput) -> str:
+    ran = "\n".join(f"$ {line}" for line in output.ran)
+    return "\n".join(part for part in (output.action, ran, output.output) if part)
+
+
+def _admin_dsn(target: DatabaseTarget) -> tuple[str, str]:
+    """(a DSN to the server's ``postgres`` database, the target database's name)."""
+    assert target.dsn is not None
+    params = conninfo_to_dict(target.dsn)
+    dbname = str(params.get("dbname") or params.get("user") or "postgres")
+    params["dbname"] = "postgres"
+    return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None}), dbname
+
+
+def _restore_source(settings: RollbackSettings, playbook: PlaybookModel) -> Path:
+    label = playbook.restore_from or ""
+    for backup in list_backups(Path(settings.backup_dir)):
+        if backup.label == label and backup.sha256 is not None:
+            return backup.path
+    hint = "release record takes them" if label == "pre_deployment" else "none is taken yet"
+    raise PlanError(f"no verified {label!r} backup in {settings.backup_dir} to restore ({hint})")
+
+
+class _Builder:
+    def __init__(self, config: Config, request: PlanRequest, environ: Mapping[str, str]) -> None:
+        self.config = config
+        self.request = request
+        self.environ = environ
+        self.settings = config.model.rollback
+        playbook = config.model.playbooks.get(request.playbook)
+        if playbook is None:
+            known = ", ".join(sorted(config.model.playbooks)) or "none"
+            raise PlanError(f"unknown playbook {request.playbook!r}; defined: {known}")
+        self.playbook = playbook
+        if playbook.rotate_secrets:
+            raise PlanError(
+                f"playbook {request.playbook} rotates {', '.join(playbook.rotate_secrets)}, and "
+                "secret rotation is not built yet: follow the runbook's scenario 5 by hand"
+            )
+        self.database = database_target(config, environ)
+        self.app = app_backend(self.settings)
+        self.steps: list[Step] = []
+
+    def step(
+        self, name: str, action: Callable[[StepContext], StepResult | str], **flags: object
+    ) -> None:
+        self.steps.append(
+            Step(name=name, action=action, timeout=self.settings.step_timeout, **flags)  # type: ignore[arg-type]
+        )
+
+    def build(self) -> Plan:
+        self._document()
+        self._preflight_and_backup()
+        self._stop()
+        self._database()
+        self._application()
+        self._verify()
+        return Plan(self.request.incident_id, tuple(self.steps), playbook=self.request.playbook)
+
+    def _document(self) -> None:
+        directory = Path(self.settings.incidents_dir)
+        request = self.request
+        path = directory / f"{request.incident_id}.md"
+
+        def document(context: StepContext) -> str:
+            directory.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                "INCIDENT REPORT\n===============\n"
+                f"Date/Time: {iso(request.started_at)}\n"
+                f"Issue: {request.trigger or 'manual rollback'}\n"
+                f"Playbook: {request.playbook} ({self.playbook.scenario})\n"
+                f"Rollback target: {request.target_release or 'none (database only)'}\n",
+                encoding="utf-8",
+            )
+            return f"incident record written to {path}"
+
+        self.step(
+            "document the incident", document, idempotent=True, destructive=False, detail=str(path)
+        )
+
+    def _preflight_and_backup(self) -> None:
+        target, app, release = self.database, self.app, self.request.target_release
+        backup_dir = Path(self.settings.backup_dir)
+        wants_app = self.playbook.application != "none"
+        if wants_app and app is None:
+            raise PlanError(
+                f"playbook {self.request.playbook} rolls the application back, "
+                "but [rollback.application] is not set"
+            )
+        if wants_app and release is None:
+            raise PlanError(
+                "no known-good release to roll back to (spek-sentinel releases); pass --to RELEASE"
+            )
+        if self.playbook.database and target is None:
+            raise PlanError(
+                f"playbook {self.request.playbook} changes the database, "
+                "but [rollback.database] is not set"
+            )
+        restore_from = (
+            _restore_source(self.settings, self.playbook)
+            if "restore" in self.playbook.database
+            else None
+        )
+        self.restore_from = restore_from
+
+        def check(context: StepContext) -> str:
+            lines = []
+            if target is not None:
+                found = preflight(target, backup_dir, context.remaining())
+                lines.append(
+                    f"database {target.describe()}: server {found.server_version}, "
+                    f"pg_dump {found.pg_dump_version}, {found.free_bytes} bytes free for "
+                    f"~{found.estimated_bytes}"
+                )
+            if wants_app and app is not None and release is not None:
+                if not app.target_exists(release, context.remaining()):
+                    raise StepFailedError(
+                        f"rollback target {release} does not exist ({app.description})"
+                    )
+                lines.append(f"rollback target {release} exists ({app.description})")
+            if restore_from is not None:
+                lines.append(f"restore source {restore_from}")
+            return "\n".join(lines) or "nothing to check"
+
+        self.step(
+            "pre-flight",
+            check,
+            idempotent=True,
+            destructive=False,
+            detail=f"target {release}; backup dir {backup_dir}",
+        )
+        if target is None:
+            return
+
+        def backup(context: StepContext) -> StepResult:
+            record = create_backup(target, backup_dir, "emergency", context.remaining())
+            tables = ", ".join(record.tables)
+            return StepResult(
+                f"{record.path}: {record.size} bytes, sha256 {record.sha256}, tables {tables}",
+                verified_backup=VerifiedBackup(
+                    str(record.path), record.size, record.sha256, "emergency"
+                ),
+            )
+
+        self.step(
+            "emergency backup and verify",
+            backup,
+            idempotent=True,
+            destructive=False,
+            detail=str(backup_dir),
+        )
+
+    def _stop(self) -> None:
+        app = self.app
+        if app is None or (self.playbook.application == "none" and not self.playbook.stop_first):
+            return
+        self.step(
+            "stop traffic",
+            lambda context: _text(app.stop(context.remaining())),
+            idempotent=True,
+            destructive=False,
+            starts_downtime=True,
+            detail=app.description,
+        )
+
+    def _database(self) -> None:
+        target = self.database
+        model = self.settings.database
+        for action in self.playbook.database:
+            if target is None or model is None:
+                return
+            if action == "restore":
+                if target.dsn is None:
+                    raise PlanError(
+                        "a restore needs the database by DSN (dsn_env or dsn_file), "
+                        "not only inside its container"
+                    )
+                admin, dbname = _admin_dsn(target)
+                source = self.restore_from
+                assert source is not None
+
+                def restore(
+                    context: StepContext,
+                    admin: str = admin,
+                    dbname: str = dbname,
+                    source: Path = source,
+                ) -> str:
+                    record = restore_and_swap(
+                        admin, dbname, source, context.remaining(), check=context.check
+                    )
+                    moved = "; ".join(f"{r}" for r in record.renames)
+                    return f"restored {source} as {dbname}; {moved}"
+
+                self.step(
+                    "database restore",
+                    restore,
+                    idempotent=False,
+                    destructive=True,
+                    requires_verified_backup=True,
+                    detail=f"{dbname} from {source}",
+                )
+                continue
+            if model.migrations_dir is None:
+                raise PlanError(
+                    "migrating down needs [rollback.database] migrations_dir; "
+                    "the app's own migrate command is not wired yet"
+                )
+            if target.dsn is None:
+                raise PlanError("migrating down needs the database by DSN (dsn_env or dsn_file)")
+            migrator = SqlMigrator(
+                MigrationRunner(Path(model.migrations_dir), MigrationSettings()), target.dsn
+            )
+            if action == "migrate_down":
+
+                def down(context: StepContext, migrator: SqlMigrator = migrator) -> str:
+                    return migrator.down(1).summary
+
+                self.step(
+                    "migrate down one step",
+                    down,
+                    idempotent=False,
+                    destructive=True,
+                    requires_verified_backup=True,
+                    detail=model.migrations_dir,
+                )
+            else:
+
+                def down_all(context: StepContext, migrator: SqlMigrator = migrator) -> str:
+                    return migrator.down_all().summary
+
+                self.step(
+                    "migrate down to zero",
+                    down_all,
+                    idempotent=True,
+                    destructive=True,
+                    requires_verified_backup=True,
+                    detail=model.migrations_dir,
+                )
+
+    def _application(self) -> None:
+        app, release = self.app, self.request.target_release
+        if app is None:
+            return
+        if self.playbook.application != "none" and release is not None:
+            self.step(
+                "application rollback",
+                lambda context: _text(app.rollback_to(release, context.remaining())),
+                idempotent=True,
+                destructive=False,
+                detail=f"{app.description} -> {release}",
+            )
+        if self.playbook.application != "none" or self.playbook.stop_first:
+            self.step(
+                "restart",
+                lambda context: _text(app.start(context.remaining())),
+                idempotent=True,
+                destructive=False,
+                detail=app.description,
+            )
+
+    def _verify(self) -> None:
+        config, environ = self.config, self.environ
+
+        def verify(context: StepContext) -> str:
+            report = asyncio.run(
+                verify_until(config, environ, timeout=max(context.remaining() - 5, 1))
+            )
+            lines = [f"{'ok ' if c.passed else 'FAIL'} {c.name}: {c.detail}" for c in report.checks]
+            if not report.passed:
+                failed = ", ".join(c.name for c in report.failures())
+                raise StepFailedError(
+                    f"verification failed after {report.attempts} attempts: {failed}",
+                    "\n".join(lines),
+                )
+            return "\n".join(lines)
+
+        self.step(
+            "verify",
+            verify,
+            idempotent=True,
+            destructive=False,
+            ends_downtime=True,
+            detail="every up signal 1; every validation check within its limit",
+        )
+
+
+def build_plan(config: Config, request: PlanRequest, environ: Mapping[str, str]) -> Plan:
+    return _Builder(config, request, environ).build()
+
+
+def describe_plan(plan: Plan) -> str:
+    lines = [f"rollback plan for incident {plan.incident_id} (playbook {plan.playbook}):"]
+    for index, step in enumerate(plan.steps, start=1):
+        flags = [
+            f
+            for f, on in (
+                ("destructive", step.destructive),
+                ("needs verified backup", step.requires_verified_backup),
+                ("stops traffic", step.starts_downtime),
+            )
+            if on
+        ]
+        suffix = f"  [{', '.join(flags)}]" if flags else ""
+        lines.append(f"  {index}. {step.name}: {step.detail}{suffix}")
+    return "\n".join(lines)

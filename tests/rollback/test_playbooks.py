@@ -1,0 +1,146 @@
+"""`spek-sentinel rollback` end to end: a playbook planned, dry-run, then carried out against a
+real Docker engine and a real PostgreSQL, with the journal, report and release history."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from harness.docker_engine import docker_engine
+from rollback.test_app_docker import V1, V2, App, app, app_images
+from spek_sentinel.cli import main
+from spek_sentinel.rollback.backup import list_backups
+
+__all__ = ["app", "app_images", "docker_engine"]
+
+TABLE = """
+[sentinel]
+state_dir = "{root}/state"
+
+[rollback]
+backup_dir = "{root}/backups"
+incidents_dir = "{root}/incidents"
+step_timeout = "60s"
+
+[rollback.database]
+dsn_env = "PLAYBOOK_TEST_DSN"
+
+[rollback.application]
+kind = "docker"
+container = "{container}"
+
+[probes.app]
+kind = "http"
+url = "http://127.0.0.1:{port}/"
+start_grace = "0s"
+timeout = "2s"
+signals.app_up = {{ unit = "bool", measure = "up" }}
+
+[probes.database]
+kind = "postgres"
+dsn_env = "PLAYBOOK_TEST_DSN"
+signals.db_up = {{ unit = "bool", measure = "up" }}
+
+[playbooks.high_error_rate]
+scenario = "Scenario 2: high error rate after deployment"
+application = "previous_release"
+
+[playbooks.data_corruption]
+scenario = "Scenario 3: data corruption detected"
+database = ["restore"]
+restore_from = "last_known_good"
+application = "none"
+
+[[rules]]
+name = "app_wont_start"
+signal = "app_up"
+kind = "threshold"
+severity = "immediate"
+below = 1
+playbook = "high_error_rate"
+"""
+
+
+@pytest.fixture
+def table(
+    tmp_path: Path, app: App, postgres_db: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    with psycopg.connect(postgres_db, autocommit=True) as db:
+        db.execute("CREATE TABLE projects (id int primary key, name text)")
+        db.execute("INSERT INTO projects VALUES (1, 'atlantis'), (2, 'loop 3')")
+    monkeypatch.setenv("PLAYBOOK_TEST_DSN", postgres_db)
+    path = tmp_path / "thresholds.toml"
+    path.write_text(TABLE.format(root=tmp_path, container=app.name, port=app.port), "utf-8")
+    app.run(V2)
+    app.wait_serving("v2")
+    yield str(path)
+
+
+def test_dry_run_prints_the_plan_in_the_runbooks_order_and_changes_nothing(
+    table: str, app: App, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["rollback", "-c", table, "--playbook", "high_error_rate", "--to", V1, "--dry-run"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    steps = [line.split(". ", 1)[1].split(":")[0] for line in out.splitlines() if ". " in line]
+    assert steps == [
+        "document the incident",
+        "pre-flight",
+        "emergency backup and verify",
+        "stop traffic",
+        "application rollback",
+        "restart",
+        "verify",
+    ]
+    assert f"-> {V1}" in out and "dry run: nothing was changed" in out
+    assert app.served() == "v2"
+    assert list_backups(tmp_path / "backups") == []
+
+
+def test_without_yes_nothing_is_stopped(
+    table: str, app: App, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["rollback", "-c", table, "--playbook", "high_error_rate", "--to", V1]) == 1
+    assert "add --yes" in capsys.readouterr().err
+    assert app.served() == "v2"
+
+
+def test_high_error_rate_playbook_returns_the_previous_image_with_the_data_intact(
+    table: str, app: App, tmp_path: Path, postgres_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["rollback", "-c", table, "--playbook", "high_error_rate", "--to", V1, "--yes"]
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "rollback succeeded; downtime" in out
+
+    app.wait_serving("v1")
+    [backup] = list_backups(tmp_path / "backups")
+    assert (backup.label, backup.sha256 is not None) == ("emergency", True)
+    with psycopg.connect(postgres_db) as db:
+        assert db.execute("SELECT count(*) FROM projects").fetchone() == (2,)
+
+    assert main(["incidents", "-c", table]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    incident = line.split()[0]
+    assert "succeeded" in line
+    assert main(["incidents", "-c", table, "show", incident]) == 0
+    report = capsys.readouterr().out
+    assert "- Status: **succeeded**" in report and "- Downtime: " in report
+    assert "| 7 | verify | succeeded |" in report
+    assert (tmp_path / "incidents" / f"{incident}.md").read_text("utf-8").startswith("# Incident")
+
+    assert main(["releases", "-c", table, "--json"]) == 0
+    current = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert (current["version"], current["source"]) == (V1, "rollback")
+
+
+def test_a_playbook_that_needs_a_backup_nobody_took_is_refused_before_anything_runs(
+    table: str, app: App, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["rollback", "-c", table, "--playbook", "data_corruption", "--yes"]) == 1
+    assert "no verified 'last_known_good' backup" in capsys.readouterr().err
+    assert app.served() == "v2"
