@@ -144,3 +144,83 @@ def test_a_playbook_that_needs_a_backup_nobody_took_is_refused_before_anything_r
     assert main(["rollback", "-c", table, "--playbook", "data_corruption", "--yes"]) == 1
     assert "no verified 'last_known_good' backup" in capsys.readouterr().err
     assert app.served() == "v2"
+
+
+MIGRATIONS = {
+    "001_projects.up.sql": "CREATE TABLE projects (id int primary key, name text);",
+    "001_projects.down.sql": "DROP TABLE projects;",
+    "002_agents.up.sql": "CREATE TABLE agents (id int primary key, project int);",
+    "002_agents.down.sql": "DROP TABLE agents;",
+    "003_add_audit_logs.up.sql": (
+        "CREATE TABLE audit_logs (id int); ALTER TABLE projects ADD COLUMN audited boolean;"
+    ),
+    "003_add_audit_logs.down.sql": (
+        "ALTER TABLE projects DROP COLUMN audited; DROP TABLE audit_logs;"
+    ),
+}
+
+MIGRATION_FAILED = """
+[playbooks.migration_failed]
+scenario = "Scenario 1: migration failed during deployment"
+database = ["migrate_down", "restore"]
+restore_from = "pre_deployment"
+application = "previous_release"
+"""
+
+
+def test_migration_failed_playbook_restores_the_pre_deployment_data_and_keeps_the_damage(
+    tmp_path: Path,
+    app: App,
+    postgres_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from spek_sentinel.rollback.migrations import MigrationRunner, MigrationSettings  # noqa: PLC0415
+
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    for name, text in MIGRATIONS.items():
+        (migrations / name).write_text(text, encoding="utf-8")
+    runner = MigrationRunner(migrations, MigrationSettings())
+    runner.up(postgres_db, to=2)
+    with psycopg.connect(postgres_db, autocommit=True) as db:
+        db.execute("INSERT INTO projects VALUES (1, 'atlantis'), (2, 'loop 3')")
+    monkeypatch.setenv("PLAYBOOK_TEST_DSN", postgres_db)
+    text = TABLE.format(root=tmp_path, container=app.name, port=app.port)
+    text = text.replace(
+        'dsn_env = "PLAYBOOK_TEST_DSN"\n\n[rollback.application]',
+        f'dsn_env = "PLAYBOOK_TEST_DSN"\nmigrations_dir = "{migrations}"\n\n[rollback.application]',
+    )
+    table = tmp_path / "thresholds.toml"
+    table.write_text(text + MIGRATION_FAILED, encoding="utf-8")
+
+    # the deploy: backup first (release record), then its migration, then the new image
+    assert main(["release", "record", "-c", str(table), V2]) == 0
+    runner.up(postgres_db)
+    with psycopg.connect(postgres_db, autocommit=True) as db:
+        db.execute("UPDATE projects SET name = 'broken by 003', audited = false")
+    app.run(V2)
+    app.wait_serving("v2")
+    capsys.readouterr()
+
+    args = ["rollback", "-c", str(table), "--playbook", "migration_failed", "--to", V1, "--yes"]
+    assert main(args) == 0, capsys.readouterr().err
+
+    app.wait_serving("v1")
+    with psycopg.connect(postgres_db) as db:
+        rows = db.execute("SELECT id, name FROM projects ORDER BY id").fetchall()
+        columns = db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'projects'"
+            " ORDER BY ordinal_position"
+        ).fetchall()
+        # <db>_damaged_<UTC stamp>, the name cut to PostgreSQL's 63 bytes: 38 of it stay
+        prefix = psycopg.conninfo.conninfo_to_dict(postgres_db)["dbname"][:38]
+        damaged = db.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s",
+            (prefix.replace("_", "\\_") + "\\_damaged\\_%",),
+        ).fetchall()
+    assert rows == [(1, "atlantis"), (2, "loop 3")]  # the pre-deployment data, row by row
+    assert [c for (c,) in columns] == ["id", "name"]  # 003 is gone
+    assert len(damaged) == 1  # the damaged database is kept for forensics
+    report = capsys.readouterr().out
+    assert "rollback succeeded" in report
