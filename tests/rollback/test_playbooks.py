@@ -224,3 +224,41 @@ def test_migration_failed_playbook_restores_the_pre_deployment_data_and_keeps_th
     assert len(damaged) == 1  # the damaged database is kept for forensics
     report = capsys.readouterr().out
     assert "rollback succeeded" in report
+
+
+def test_a_missing_previous_image_halts_at_pre_flight_before_traffic_stops(
+    table: str, app: App, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = "spek-sentinel-test/app:v9"
+    args = ["rollback", "-c", table, "--playbook", "high_error_rate", "--to", missing, "--yes"]
+    assert main(args) == 1
+    assert f"rollback target {missing} does not exist" in capsys.readouterr().err
+    assert app.served() == "v2"  # never stopped
+    assert list_backups(tmp_path / "backups") == []  # halted before the backup step
+
+
+def test_data_corruption_playbook_stops_restores_the_last_known_good_backup_and_restarts(
+    table: str, app: App, postgres_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["backup", "-c", table]) == 0  # the routine last-known-good backup (cron)
+    with psycopg.connect(postgres_db, autocommit=True) as db:
+        db.execute("DELETE FROM projects WHERE id = 2")
+        db.execute("UPDATE projects SET name = 'corrupted'")
+    capsys.readouterr()
+
+    args = ["rollback", "-c", table, "--playbook", "data_corruption", "--yes"]
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+
+    steps = [line.split(". ", 1)[1].split(":")[0] for line in out.splitlines() if ". " in line]
+    assert steps[:5] == [
+        "document the incident",
+        "pre-flight",
+        "emergency backup and verify",
+        "stop traffic",
+        "database restore",
+    ]
+    with psycopg.connect(postgres_db) as db:
+        rows = db.execute("SELECT id, name FROM projects ORDER BY id").fetchall()
+    assert rows == [(1, "atlantis"), (2, "loop 3")]
+    app.wait_serving("v2")  # the same release, restarted

@@ -55,14 +55,24 @@ def add_parser(commands: Any) -> None:
     listing.add_argument("--json", action="store_true", help="one JSON object per release")
     listing.set_defaults(handler=run_list)
 
+    take = commands.add_parser(
+        "backup", help="take a verified database backup now (cron: routine last-known-good)"
+    )
+    add_config_option(take)
+    take.add_argument("--label", default="last_known_good", help="label (default: last_known_good)")
+    take.set_defaults(handler=run_backup)
+
     backups = commands.add_parser("backups", help="list the database backups, newest first")
     add_config_option(backups)
     backups.add_argument("--json", action="store_true", help="one JSON object per backup")
     backups.set_defaults(handler=run_backups)
 
 
-def _pre_deployment_backup(config: Config, args: argparse.Namespace, err: TextIO) -> int | None:
-    """Take and verify the pre-deployment backup; an exit code when it failed."""
+def _take_backup(
+    config: Config, args: argparse.Namespace, label: str, err: TextIO
+) -> BackupRecord | int | None:
+    """A verified backup with ``label``; None when no database is configured, an exit code when
+    it failed (after saying why)."""
     try:
         target = database_target(config, os.environ)
     except ConfigError as exc:
@@ -74,18 +84,30 @@ def _pre_deployment_backup(config: Config, args: argparse.Namespace, err: TextIO
     backup_dir = Path(settings.backup_dir)
     try:
         preflight(target, backup_dir, settings.step_timeout)
-        record: BackupRecord = create_backup(
-            target, backup_dir, PRE_DEPLOYMENT, settings.step_timeout
-        )
+        record = create_backup(target, backup_dir, label, settings.step_timeout)
     except RollbackError as exc:
-        err.write(f"release {args.version} NOT recorded: the pre-deployment backup failed: {exc}\n")
+        err.write(f"the {label} backup failed: {exc}\n")
         return EXIT_INVALID
     err.write(
-        f"pre-deployment backup verified: {record.path} ({format_size(record.size)}, "
+        f"{label} backup verified: {record.path} ({format_size(record.size)}, "
         f"sha256 {record.sha256[:16]}…, {len(record.tables)} tables)\n"
     )
     prune(backup_dir, settings.keep_backups)
-    return None
+    return record
+
+
+def run_backup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = load(args, err)
+    if config is None:
+        return EXIT_INVALID
+    taken = _take_backup(config, args, args.label, err)
+    if taken is None:
+        err.write("no database to back up: [rollback.database] is not set\n")
+        return EXIT_INVALID
+    if isinstance(taken, int):
+        return taken
+    out.write(f"{taken.path}\n")
+    return EXIT_OK
 
 
 def run_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -97,9 +119,10 @@ def run_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if config is None:
         return EXIT_INVALID
     if not args.no_backup:
-        failed = _pre_deployment_backup(config, args, err)
-        if failed is not None:
-            return failed
+        taken = _take_backup(config, args, PRE_DEPLOYMENT, err)
+        if isinstance(taken, int):
+            err.write(f"release {version} NOT recorded: the pre-deployment backup failed\n")
+            return taken
     store = SqliteStore.in_dir(Path(config.model.sentinel.state_dir))
     try:
         release = store.record_release(version, time.time(), args.source)
