@@ -116,7 +116,7 @@ def test_release_record_takes_a_verified_pre_deployment_backup_first(
 
     assert main(["release", "record", "-c", table, "spek:1.5.0"]) == 0
     captured = capsys.readouterr()
-    assert "pre-deployment backup verified:" in captured.err
+    assert "pre_deployment backup verified:" in captured.err
     assert "release spek:1.5.0 current since" in captured.out
 
     assert main(["backups", "-c", table, "--json"]) == 0
