@@ -262,3 +262,43 @@ def test_data_corruption_playbook_stops_restores_the_last_known_good_backup_and_
         rows = db.execute("SELECT id, name FROM projects ORDER BY id").fetchall()
     assert rows == [(1, "atlantis"), (2, "loop 3")]
     app.wait_serving("v2")  # the same release, restarted
+
+
+SECURITY_BREACH = """
+[playbooks.security_breach]
+scenario = "Scenario 5: security breach detected"
+stop_first = true
+rotate_secrets = ["SESSION_SECRET", "JWT_SECRET"]
+database = ["restore"]
+restore_from = "last_known_good"
+application = "none"
+"""
+
+
+def test_security_breach_playbook_rotates_the_secrets_and_restores_the_database(
+    table: str, app: App, postgres_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env_file = tmp_path / "app.env"
+    env_file.write_text("SESSION_SECRET=leaked-1\nJWT_SECRET=leaked-2\nPORT=3000\n", "utf-8")
+    text = (
+        Path(table)
+        .read_text(encoding="utf-8")
+        .replace("[rollback]\n", f'[rollback]\nenv_file = "{env_file}"\n', 1)
+    )
+    Path(table).write_text(text + SECURITY_BREACH, encoding="utf-8")
+    assert main(["backup", "-c", table]) == 0
+    with psycopg.connect(postgres_db, autocommit=True) as db:
+        db.execute("UPDATE projects SET name = 'defaced'")
+    capsys.readouterr()
+
+    args = ["rollback", "-c", table, "--playbook", "security_breach", "--yes"]
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+
+    env = env_file.read_text(encoding="utf-8")
+    assert "leaked-1" not in env and "leaked-2" not in env and "PORT=3000" in env
+    assert "leaked" not in out  # old secrets never logged
+    with psycopg.connect(postgres_db) as db:
+        names = db.execute("SELECT name FROM projects ORDER BY id").fetchall()
+    assert names == [("atlantis",), ("loop 3",)]
+    app.wait_serving("v2")

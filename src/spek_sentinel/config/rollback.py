@@ -75,5 +75,6 @@ class RollbackSettings(StrictModel):
     step_timeout: PositiveDuration = 300.0
     keep_backups: int = Field(default=10, ge=1)
     known_good_after: Duration = 3600.0  # a release healthy this long becomes "known good"
+    env_file: str | None = None  # the app's .env, where a playbook's rotate_secrets live
     database: DatabaseTarget | None = None
     application: Application | None = None

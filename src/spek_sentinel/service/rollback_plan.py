@@ -34,6 +34,7 @@ from spek_sentinel.rollback.executor import Plan, Step, StepContext, StepFailedE
 from spek_sentinel.rollback.journal import VerifiedBackup
 from spek_sentinel.rollback.migrations import MigrationRunner, MigrationSettings, SqlMigrator
 from spek_sentinel.rollback.restore import restore_and_swap
+from spek_sentinel.rollback.secret_rotation import check_env_file, rotate_env_secrets
 from spek_sentinel.rollback.verify import verify_until
 from spek_sentinel.service.rollback_targets import database_target
 
@@ -112,10 +113,10 @@ class _Builder:
             known = ", ".join(sorted(config.model.playbooks)) or "none"
             raise PlanError(f"unknown playbook {request.playbook!r}; defined: {known}")
         self.playbook = playbook
-        if playbook.rotate_secrets:
+        if playbook.rotate_secrets and self.settings.env_file is None:
             raise PlanError(
-                f"playbook {request.playbook} rotates {', '.join(playbook.rotate_secrets)}, and "
-                "secret rotation is not built yet: follow the runbook's scenario 5 by hand"
+                f"playbook {request.playbook} rotates {', '.join(playbook.rotate_secrets)}, "
+                "but [rollback] env_file is not set"
             )
         self.database = database_target(config, environ)
         self.app = app_backend(self.settings)
@@ -133,6 +134,7 @@ class _Builder:
         self._preflight_and_backup()
         self._stop()
         self._database()
+        self._rotate_secrets()
         self._application()
         self._verify()
         return Plan(self.request.incident_id, tuple(self.steps), playbook=self.request.playbook)
@@ -182,6 +184,11 @@ class _Builder:
             else None
         )
         self.restore_from = restore_from
+        env_file = (
+            Path(self.settings.env_file)
+            if self.playbook.rotate_secrets and self.settings.env_file
+            else None
+        )
 
         def check(context: StepContext) -> str:
             lines = []
@@ -200,6 +207,9 @@ class _Builder:
                 lines.append(f"rollback target {release} exists ({app.description})")
             if restore_from is not None:
                 lines.append(f"restore source {restore_from}")
+            if env_file is not None:
+                check_env_file(env_file)
+                lines.append(f"env file {env_file} can be rewritten")
             return "\n".join(lines) or "nothing to check"
 
         self.step(
@@ -316,6 +326,24 @@ class _Builder:
                     requires_verified_backup=True,
                     detail=model.migrations_dir,
                 )
+
+    def _rotate_secrets(self) -> None:
+        keys = self.playbook.rotate_secrets
+        if not keys or self.settings.env_file is None:
+            return
+        env_file = Path(self.settings.env_file)
+
+        def rotate(context: StepContext) -> str:
+            rotated = rotate_env_secrets(env_file, keys)
+            return f"fresh values for {', '.join(rotated)} in {env_file} (old values not kept)"
+
+        self.step(
+            "rotate secrets",
+            rotate,
+            idempotent=True,
+            destructive=False,
+            detail=f"{', '.join(keys)} in {env_file}",
+        )
 
     def _application(self) -> None:
         app, release = self.app, self.request.target_release
