@@ -302,3 +302,65 @@ def test_security_breach_playbook_rotates_the_secrets_and_restores_the_database(
         names = db.execute("SELECT name FROM projects ORDER BY id").fetchall()
     assert names == [("atlantis",), ("loop 3",)]
     app.wait_serving("v2")
+
+
+APP_MIGRATE = """
+import sys
+from pathlib import Path
+
+import psycopg
+
+dsn = Path(__file__).with_name("dsn").read_text().strip()
+with psycopg.connect(dsn, autocommit=True) as db:
+    if sys.argv[1:] == ["down"]:
+        db.execute("ALTER TABLE projects DROP COLUMN IF EXISTS audited")
+        print("Rolled back: 003_add_audit_logs.sql")
+    elif sys.argv[1:] == ["status"]:
+        print("ok")
+    else:
+        sys.exit(f"unexpected {sys.argv[1:]}")
+"""
+
+
+def test_the_apps_own_migrate_command_rolls_the_migration_back(
+    table: str, app: App, postgres_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys  # noqa: PLC0415 -- the venv's python runs the stand-in for migrate.js
+
+    scripts = tmp_path / "atlantis-ui"
+    scripts.mkdir()
+    (scripts / "migrate.py").write_text(APP_MIGRATE, encoding="utf-8")
+    (scripts / "dsn").write_text(postgres_db, encoding="utf-8")
+    migrate = [sys.executable, "migrate.py"]
+    text = (
+        Path(table)
+        .read_text(encoding="utf-8")
+        .replace(
+            'dsn_env = "PLAYBOOK_TEST_DSN"\n\n[rollback.application]',
+            'dsn_env = "PLAYBOOK_TEST_DSN"\n'
+            f"migrate_down_command = {json.dumps([*migrate, 'down'])}\n"
+            f"migrate_down_all_command = {json.dumps([*migrate, 'down', '--all'])}\n"
+            f"migrate_status_command = {json.dumps([*migrate, 'status'])}\n"
+            f'migrate_cwd = "{scripts}"\n\n[rollback.application]',
+        )
+    )
+    text += (
+        '\n[playbooks.bad_migration]\nscenario = "Scenario 1, option A"\n'
+        'database = ["migrate_down"]\napplication = "previous_release"\n'
+    )
+    Path(table).write_text(text, encoding="utf-8")
+    with psycopg.connect(postgres_db, autocommit=True) as db:
+        db.execute("ALTER TABLE projects ADD COLUMN audited boolean")
+
+    args = ["rollback", "-c", table, "--playbook", "bad_migration", "--to", V1, "--yes"]
+    assert main(args) == 0, capsys.readouterr().err
+
+    with psycopg.connect(postgres_db) as db:
+        columns = db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'projects'"
+            " ORDER BY ordinal_position"
+        ).fetchall()
+    assert [c for (c,) in columns] == ["id", "name"]
+    [report] = (tmp_path / "incidents").glob("*.md")
+    assert "Rolled back: 003_add_audit_logs.sql" in report.read_text(encoding="utf-8")
+    app.wait_serving("v1")

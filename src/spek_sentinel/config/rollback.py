@@ -25,6 +25,7 @@ class DatabaseTarget(StrictModel):
     migrations_dir: str | None = None  # NNN_name.up.sql / NNN_name.down.sql
     migrate_down_command: Argv | None = None  # the app's own, e.g. node scripts/migrate.js down
     migrate_down_all_command: Argv | None = None
+    migrate_status_command: Argv | None = None
     migrate_cwd: str | None = None
 
     @model_validator(mode="after")
@@ -36,6 +37,16 @@ class DatabaseTarget(StrictModel):
             raise ValueError("a database inside a container needs dbname and user")
         if self.migrations_dir is not None and self.migrate_down_command is not None:
             raise ValueError("set migrations_dir or migrate_down_command, not both")
+        commands = (
+            self.migrate_down_command,
+            self.migrate_down_all_command,
+            self.migrate_status_command,
+        )
+        if any(c is not None for c in commands) and not all(c is not None for c in commands):
+            raise ValueError(
+                "the app's migrate commands come as a set: migrate_down_command, "
+                "migrate_down_all_command and migrate_status_command"
+            )
         return self
 
 

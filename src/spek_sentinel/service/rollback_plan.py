@@ -25,6 +25,7 @@ from spek_sentinel.config.rollback import (
 )
 from spek_sentinel.domain.errors import RollbackError
 from spek_sentinel.engine.policy import iso
+from spek_sentinel.rollback.app_migrations import AppCommandMigrator, AppCommands
 from spek_sentinel.rollback.apps.base import AppBackend, StepOutput
 from spek_sentinel.rollback.apps.command import CommandAppSettings, CommandBackend
 from spek_sentinel.rollback.apps.docker import DockerAppSettings, DockerBackend
@@ -32,7 +33,12 @@ from spek_sentinel.rollback.apps.git import GitAppSettings, GitBackend
 from spek_sentinel.rollback.backup import DatabaseTarget, create_backup, list_backups, preflight
 from spek_sentinel.rollback.executor import Plan, Step, StepContext, StepFailedError, StepResult
 from spek_sentinel.rollback.journal import VerifiedBackup
-from spek_sentinel.rollback.migrations import MigrationRunner, MigrationSettings, SqlMigrator
+from spek_sentinel.rollback.migrations import (
+    MigrationRunner,
+    MigrationSettings,
+    Migrator,
+    SqlMigrator,
+)
 from spek_sentinel.rollback.restore import restore_and_swap
 from spek_sentinel.rollback.secret_rotation import check_env_file, rotate_env_secrets
 from spek_sentinel.rollback.verify import verify_until
@@ -123,10 +129,29 @@ class _Builder:
         self.steps: list[Step] = []
 
     def step(
-        self, name: str, action: Callable[[StepContext], StepResult | str], **flags: object
+        self,
+        name: str,
+        action: Callable[[StepContext], StepResult | str],
+        *,
+        idempotent: bool,
+        destructive: bool,
+        detail: str,
+        requires_verified_backup: bool = False,
+        starts_downtime: bool = False,
+        ends_downtime: bool = False,
     ) -> None:
         self.steps.append(
-            Step(name=name, action=action, timeout=self.settings.step_timeout, **flags)  # type: ignore[arg-type]
+            Step(
+                name=name,
+                action=action,
+                timeout=self.settings.step_timeout,
+                idempotent=idempotent,
+                destructive=destructive,
+                requires_verified_backup=requires_verified_backup,
+                starts_downtime=starts_downtime,
+                ends_downtime=ends_downtime,
+                detail=detail,
+            )
         )
 
     def build(self) -> Plan:
@@ -290,20 +315,12 @@ class _Builder:
                     detail=f"{dbname} from {source}",
                 )
                 continue
-            if model.migrations_dir is None:
-                raise PlanError(
-                    "migrating down needs [rollback.database] migrations_dir; "
-                    "the app's own migrate command is not wired yet"
-                )
-            if target.dsn is None:
-                raise PlanError("migrating down needs the database by DSN (dsn_env or dsn_file)")
-            migrator = SqlMigrator(
-                MigrationRunner(Path(model.migrations_dir), MigrationSettings()), target.dsn
-            )
+            migrator = self._migrator(target)
             if action == "migrate_down":
 
-                def down(context: StepContext, migrator: SqlMigrator = migrator) -> str:
-                    return migrator.down(1).summary
+                def down(context: StepContext, migrator: Migrator = migrator) -> str:
+                    outcome = migrator.down(1)
+                    return f"{outcome.summary}\n{outcome.output}".strip()
 
                 self.step(
                     "migrate down one step",
@@ -311,12 +328,13 @@ class _Builder:
                     idempotent=False,
                     destructive=True,
                     requires_verified_backup=True,
-                    detail=model.migrations_dir,
+                    detail=migrator.description,
                 )
             else:
 
-                def down_all(context: StepContext, migrator: SqlMigrator = migrator) -> str:
-                    return migrator.down_all().summary
+                def down_all(context: StepContext, migrator: Migrator = migrator) -> str:
+                    outcome = migrator.down_all()
+                    return f"{outcome.summary}\n{outcome.output}".strip()
 
                 self.step(
                     "migrate down to zero",
@@ -324,8 +342,35 @@ class _Builder:
                     idempotent=True,
                     destructive=True,
                     requires_verified_backup=True,
-                    detail=model.migrations_dir,
+                    detail=migrator.description,
                 )
+
+    def _migrator(self, target: DatabaseTarget) -> Migrator:
+        model = self.settings.database
+        assert model is not None
+        if model.migrations_dir is not None:
+            if target.dsn is None:
+                raise PlanError("the migration runner needs the database by DSN (dsn_env/dsn_file)")
+            runner = MigrationRunner(Path(model.migrations_dir), MigrationSettings())
+            return SqlMigrator(runner, target.dsn)
+        down, down_all, status = (
+            model.migrate_down_command,
+            model.migrate_down_all_command,
+            model.migrate_status_command,
+        )
+        if down is None or down_all is None or status is None:
+            raise PlanError(
+                "migrating down needs [rollback.database] migrations_dir or the app's migrate "
+                "commands (migrate_down_command, migrate_down_all_command, migrate_status_command)"
+            )
+        commands = AppCommands(
+            down=tuple(down),
+            down_all=tuple(down_all),
+            status=tuple(status),
+            cwd=Path(model.migrate_cwd or "."),
+            timeout=self.settings.step_timeout,
+        )
+        return AppCommandMigrator(commands)
 
     def _rotate_secrets(self) -> None:
         keys = self.playbook.rotate_secrets
