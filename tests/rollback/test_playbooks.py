@@ -49,6 +49,10 @@ signals.db_up = {{ unit = "bool", measure = "up" }}
 scenario = "Scenario 2: high error rate after deployment"
 application = "previous_release"
 
+[playbooks.performance_degradation]
+scenario = "Scenario 4: performance degradation"
+application = "previous_release"
+
 [playbooks.data_corruption]
 scenario = "Scenario 3: data corruption detected"
 database = ["restore"]
@@ -109,10 +113,16 @@ def test_without_yes_nothing_is_stopped(
     assert app.served() == "v2"
 
 
-def test_high_error_rate_playbook_returns_the_previous_image_with_the_data_intact(
-    table: str, app: App, tmp_path: Path, postgres_db: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("playbook", ["high_error_rate", "performance_degradation"])
+def test_previous_release_playbooks_return_the_previous_image_with_the_data_intact(  # noqa: PLR0917 -- fixtures
+    table: str,
+    app: App,
+    tmp_path: Path,
+    postgres_db: str,
+    capsys: pytest.CaptureFixture[str],
+    playbook: str,
 ) -> None:
-    args = ["rollback", "-c", table, "--playbook", "high_error_rate", "--to", V1, "--yes"]
+    args = ["rollback", "-c", table, "--playbook", playbook, "--to", V1, "--yes"]
     assert main(args) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "rollback succeeded; downtime" in out
