@@ -374,3 +374,32 @@ def test_the_apps_own_migrate_command_rolls_the_migration_back(
     [report] = (tmp_path / "incidents").glob("*.md")
     assert "Rolled back: 003_add_audit_logs.sql" in report.read_text(encoding="utf-8")
     app.wait_serving("v1")
+
+
+def test_a_release_that_fails_verification_halts_the_run_and_the_report_says_so(
+    table: str, app: App, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.docker_engine import BUSYBOX_IMAGE  # noqa: PLC0415
+
+    text = (
+        Path(table)
+        .read_text(encoding="utf-8")
+        .replace('step_timeout = "60s"', 'step_timeout = "8s"')
+    )
+    Path(table).write_text(text, encoding="utf-8")
+    # the busybox image exists but serves nothing: the rollback lands and verification fails
+    args = [
+        "rollback",
+        "-c",
+        table,
+        "--playbook",
+        "high_error_rate",
+        "--to",
+        BUSYBOX_IMAGE,
+        "--yes",
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "rollback halted" in err and "verification failed" in err and "app_up is up" in err
+    [report] = (tmp_path / "incidents").glob("*.md")
+    assert "| 7 | verify | failed |" in report.read_text(encoding="utf-8")
