@@ -403,3 +403,56 @@ def test_a_release_that_fails_verification_halts_the_run_and_the_report_says_so(
     assert "rollback halted" in err and "verification failed" in err and "app_up is up" in err
     [report] = (tmp_path / "incidents").glob("*.md")
     assert "| 7 | verify | failed |" in report.read_text(encoding="utf-8")
+
+
+def test_a_playbook_can_migrate_down_to_a_named_version(
+    table: str, app: App, postgres_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spek_sentinel.rollback.migrations import MigrationRunner, MigrationSettings  # noqa: PLC0415
+
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    for name, text in MIGRATIONS.items():
+        (migrations / name).write_text(text, encoding="utf-8")
+    with psycopg.connect(postgres_db, autocommit=True) as db:
+        db.execute("DROP TABLE projects")  # the fixture's table; migration 001 makes it
+    MigrationRunner(migrations, MigrationSettings()).up(postgres_db)
+    text = (
+        Path(table)
+        .read_text(encoding="utf-8")
+        .replace(
+            'dsn_env = "PLAYBOOK_TEST_DSN"\n\n[rollback.application]',
+            f'dsn_env = "PLAYBOOK_TEST_DSN"\nmigrations_dir = "{migrations}"\n\n'
+            "[rollback.application]",
+        )
+    )
+    text += (
+        '\n[playbooks.back_to_one]\nscenario = "Scenario 1, to a named version"\n'
+        'database = ["migrate_down"]\nmigrate_to_version = 1\napplication = "none"\n'
+    )
+    Path(table).write_text(text, encoding="utf-8")
+
+    assert main(["rollback", "-c", table, "--playbook", "back_to_one", "--yes"]) == 0, (
+        capsys.readouterr().err
+    )
+    with psycopg.connect(postgres_db) as db:
+        tables = db.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            " AND table_name <> 'schema_migrations' ORDER BY table_name"
+        ).fetchall()
+    assert tables == [("projects",)]
+
+
+def test_a_rebuild_playbook_keeps_the_current_release(
+    table: str, app: App, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = Path(table).read_text(encoding="utf-8") + (
+        '\n[playbooks.clear_cache]\nscenario = "Phase 3 option B: keep code, clear cache"\n'
+        'application = "rebuild"\n'
+    )
+    Path(table).write_text(text, encoding="utf-8")
+    assert main(["rollback", "-c", table, "--playbook", "clear_cache", "--yes"]) == 0, (
+        capsys.readouterr().err
+    )
+    assert "application rebuild" in capsys.readouterr().out
+    app.wait_serving("v2")

@@ -102,6 +102,7 @@ class PlaybookModel(StrictModel):
     scenario: str
     stop_first: bool = True
     database: list[Literal["migrate_down", "migrate_down_all", "restore"]] = []
+    migrate_to_version: int | None = Field(default=None, ge=0)  # migrate_down: to this version
     restore_from: Literal["pre_deployment", "last_known_good"] | None = None
     application: Literal["previous_release", "rebuild", "none"] = "previous_release"
     rotate_secrets: list[str] = []

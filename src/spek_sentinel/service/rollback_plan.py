@@ -194,7 +194,7 @@ class _Builder:
                 f"playbook {self.request.playbook} rolls the application back, "
                 "but [rollback.application] is not set"
             )
-        if wants_app and release is None:
+        if self.playbook.application == "previous_release" and release is None:
             raise PlanError(
                 "no known-good release to roll back to (spek-sentinel releases); pass --to RELEASE"
             )
@@ -224,7 +224,7 @@ class _Builder:
                     f"pg_dump {found.pg_dump_version}, {found.free_bytes} bytes free for "
                     f"~{found.estimated_bytes}"
                 )
-            if wants_app and app is not None and release is not None:
+            if self.playbook.application == "previous_release" and app and release:
                 if not app.target_exists(release, context.remaining()):
                     raise StepFailedError(
                         f"rollback target {release} does not exist ({app.description})"
@@ -316,7 +316,30 @@ class _Builder:
                 )
                 continue
             migrator = self._migrator(target)
-            if action == "migrate_down":
+            to_version = self.playbook.migrate_to_version
+            if action == "migrate_down" and to_version is not None:
+                if not isinstance(migrator, SqlMigrator):
+                    raise PlanError(
+                        "migrate_to_version needs the migration runner (migrations_dir)"
+                    )
+
+                def down_to(
+                    context: StepContext,
+                    migrator: SqlMigrator = migrator,
+                    version: int = to_version,
+                ) -> str:
+                    outcome = migrator.down_to(version)
+                    return f"{outcome.summary}\n{outcome.output}".strip()
+
+                self.step(
+                    f"migrate down to version {to_version}",
+                    down_to,
+                    idempotent=True,  # a second call finds nothing left to do
+                    destructive=True,
+                    requires_verified_backup=True,
+                    detail=migrator.description,
+                )
+            elif action == "migrate_down":
 
                 def down(context: StepContext, migrator: Migrator = migrator) -> str:
                     outcome = migrator.down(1)
@@ -394,13 +417,27 @@ class _Builder:
         app, release = self.app, self.request.target_release
         if app is None:
             return
-        if self.playbook.application != "none" and release is not None:
+        if self.playbook.application == "previous_release" and release is not None:
             self.step(
                 "application rollback",
                 lambda context: _text(app.rollback_to(release, context.remaining())),
                 idempotent=True,
                 destructive=False,
                 detail=f"{app.description} -> {release}",
+            )
+        elif self.playbook.application == "rebuild":
+            # runbook phase 3 option B: keep the current code, clear the cache, rebuild
+
+            def rebuild(context: StepContext) -> str:
+                current = app.current_release(context.remaining())
+                return _text(app.rollback_to(current, context.remaining()))
+
+            self.step(
+                "application rebuild",
+                rebuild,
+                idempotent=True,
+                destructive=False,
+                detail=f"{app.description}: the current release, rebuilt",
             )
         if self.playbook.application != "none" or self.playbook.stop_first:
             self.step(
