@@ -123,6 +123,7 @@ def test_previous_release_playbooks_return_the_previous_image_with_the_data_inta
     playbook: str,
 ) -> None:
     args = ["rollback", "-c", table, "--playbook", playbook, "--to", V1, "--yes"]
+    args += ["--reason", "error rate 8% after v2"]
     assert main(args) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "rollback succeeded; downtime" in out
@@ -140,6 +141,7 @@ def test_previous_release_playbooks_return_the_previous_image_with_the_data_inta
     assert main(["incidents", "-c", table, "show", incident]) == 0
     report = capsys.readouterr().out
     assert "- Status: **succeeded**" in report and "- Downtime: " in report
+    assert "- Trigger: error rate 8% after v2" in report  # kept in the state store
     assert "| 7 | verify | succeeded |" in report
     assert (tmp_path / "incidents" / f"{incident}.md").read_text("utf-8").startswith("# Incident")
 

@@ -151,7 +151,13 @@ def run_incidents(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if not args.incident:
                 err.write("incidents show needs an incident id\n")
                 return EXIT_INVALID
-            report = _report(config, journal, args.incident)
+            store = SqliteStore.in_dir(Path(config.model.sentinel.state_dir))
+            try:
+                incident = store.incident(args.incident)
+            finally:
+                store.close()
+            trigger = incident.trigger if incident is not None else ""
+            report = _report(config, journal, args.incident, trigger)
             if report is None:
                 err.write(f"no incident {args.incident}\n")
                 return EXIT_INVALID

@@ -43,6 +43,8 @@ from spek_sentinel.rollback.restore import restore_and_swap
 from spek_sentinel.rollback.secret_rotation import check_env_file, rotate_env_secrets
 from spek_sentinel.rollback.verify import verify_until
 from spek_sentinel.service.rollback_targets import database_target
+from spek_sentinel.store.base import IncidentRecord
+from spek_sentinel.store.sqlite import SqliteStore
 
 
 class PlanError(RollbackError):
@@ -169,17 +171,41 @@ class _Builder:
         request = self.request
         path = directory / f"{request.incident_id}.md"
 
+        components = [
+            part
+            for part in (
+                self.database.describe() if self.database is not None else "",
+                self.app.description if self.app is not None else "",
+            )
+            if part
+        ]
+        record = IncidentRecord(
+            id=request.incident_id,
+            opened_at=request.started_at,
+            trigger=request.trigger or "manual rollback",
+            playbook=request.playbook,
+            target_release=request.target_release,
+            details=f"Affected components: {'; '.join(components) or 'none configured'}",
+        )
+        state_dir = Path(self.config.model.sentinel.state_dir)
+
         def document(context: StepContext) -> str:
+            store = SqliteStore.in_dir(state_dir)
+            try:
+                store.record_incident(record)
+            finally:
+                store.close()
             directory.mkdir(parents=True, exist_ok=True)
             path.write_text(
                 "INCIDENT REPORT\n===============\n"
-                f"Date/Time: {iso(request.started_at)}\n"
-                f"Issue: {request.trigger or 'manual rollback'}\n"
-                f"Playbook: {request.playbook} ({self.playbook.scenario})\n"
-                f"Rollback target: {request.target_release or 'none (database only)'}\n",
+                f"Date/Time: {iso(record.opened_at)}\n"
+                f"Issue: {record.trigger}\n"
+                f"Playbook: {record.playbook} ({self.playbook.scenario})\n"
+                f"Rollback target: {record.target_release or 'none'}\n"
+                f"{record.details}\n",
                 encoding="utf-8",
             )
-            return f"incident record written to {path}"
+            return f"incident record written to the state store and {path}"
 
         self.step(
             "document the incident", document, idempotent=True, destructive=False, detail=str(path)

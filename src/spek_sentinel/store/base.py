@@ -29,6 +29,18 @@ class Release:
     source: str  # who recorded it: "deploy", "detected", "rollback"
 
 
+@dataclass(frozen=True, slots=True)
+class IncidentRecord:
+    """What an incident is about (runbook "Document the Issue"): when, why, what is done."""
+
+    id: str
+    opened_at: float
+    trigger: str  # the rule and its evidence, or the human's reason
+    playbook: str
+    target_release: str | None
+    details: str  # symptoms and affected components, as text
+
+
 class SignalStore(Protocol):
     def push(self, name: str, value: float, reason: str, by: str, at: float) -> PushedSignal:
         """Record a pushed value; it stays current until resolved or superseded."""

@@ -6,7 +6,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from spek_sentinel.store.base import PushedSignal, Release
+from spek_sentinel.store.base import IncidentRecord, PushedSignal, Release
 
 STATE_FILE = "sentinel.sqlite3"
 
@@ -69,6 +69,16 @@ MIGRATIONS: tuple[str, ...] = (
         error TEXT NOT NULL,
         verified_backup TEXT,
         PRIMARY KEY (incident_id, step_index)
+    );
+    """,
+    """
+    CREATE TABLE incidents (
+        id TEXT PRIMARY KEY,
+        opened_at REAL NOT NULL,
+        trigger TEXT NOT NULL,
+        playbook TEXT NOT NULL,
+        target_release TEXT,
+        details TEXT NOT NULL
     );
     """,
 )
@@ -160,6 +170,35 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    # -- incidents --------------------------------------------------------------------------
+
+    def record_incident(self, incident: IncidentRecord) -> None:
+        """Write (or rewrite, on a resumed run) what an incident is about."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO incidents (id, opened_at, trigger, playbook, target_release, details)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " trigger = excluded.trigger, playbook = excluded.playbook,"
+                " target_release = excluded.target_release, details = excluded.details",
+                (
+                    incident.id,
+                    incident.opened_at,
+                    incident.trigger,
+                    incident.playbook,
+                    incident.target_release,
+                    incident.details,
+                ),
+            )
+
+    def incident(self, incident_id: str) -> IncidentRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, opened_at, trigger, playbook, target_release, details FROM incidents"
+                " WHERE id = ?",
+                (incident_id,),
+            ).fetchone()
+        return IncidentRecord(*row) if row is not None else None
 
     # -- releases ---------------------------------------------------------------------------
 
