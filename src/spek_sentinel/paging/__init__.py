@@ -1,0 +1,1 @@
+"""Paging: reach the human the runbook's "Evaluate" rows need, at least once, never lost."""
