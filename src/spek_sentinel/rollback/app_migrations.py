@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spek_sentinel.probes.base import redact
 from spek_sentinel.rollback.apps.base import (
     DEFAULT_ENV,
     CommandEnv,
@@ -25,6 +24,7 @@ from spek_sentinel.rollback.migrations import (
     _dsn_secrets,
     _since,
 )
+from spek_sentinel.secrets import redact
 
 _SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|CREDENTIAL|DSN|DATABASE_URL", re.I)
 

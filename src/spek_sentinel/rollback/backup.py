@@ -61,7 +61,7 @@ import requests
 from psycopg import conninfo
 
 from spek_sentinel.domain.errors import RollbackError
-from spek_sentinel.probes.base import redact
+from spek_sentinel.secrets import redact
 
 # pg_dump 15 -Fc of an empty database is 854 bytes (header, ENCODING, STDSTRINGS, SEARCHPATH
 # and DATABASE entries); anything smaller cannot be a complete custom-format dump. Truncation

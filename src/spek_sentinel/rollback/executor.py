@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from spek_sentinel.domain.errors import RollbackError
-from spek_sentinel.probes.base import redact
 from spek_sentinel.rollback.journal import (
     FinishedStep,
     Journal,
@@ -51,6 +50,7 @@ from spek_sentinel.rollback.journal import (
     bound_text,
     holding,
 )
+from spek_sentinel.secrets import redact
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
 from spek_sentinel.domain.errors import RollbackError
-from spek_sentinel.probes.base import redact
+from spek_sentinel.secrets import redact
 
 Direction = Literal["up", "down"]
 Conn = psycopg.Connection[TupleRow]

@@ -45,8 +45,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
 from spek_sentinel.domain.errors import RollbackError
-from spek_sentinel.probes.base import redact
 from spek_sentinel.rollback.apps.base import CommandEnv, CommandResult, run_command
+from spek_sentinel.secrets import redact
 
 Conn = psycopg.Connection[TupleRow]
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from spek_sentinel.domain.errors import RollbackError
-from spek_sentinel.probes.base import redact
+from spek_sentinel.secrets import redact
 
 DEFAULT_ENV: Mapping[str, str] = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

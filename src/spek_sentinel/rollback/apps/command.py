@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spek_sentinel.probes.base import redact
 from spek_sentinel.rollback.apps.base import (
     DEFAULT_ENV,
     AppBackendError,
@@ -36,6 +35,7 @@ from spek_sentinel.rollback.apps.base import (
     check_release,
     run_command,
 )
+from spek_sentinel.secrets import redact
 
 PLACEHOLDER = "{release}"
 RELEASE_ENV = "SPEK_SENTINEL_RELEASE"

@@ -33,7 +33,6 @@ import docker
 import docker.errors
 import requests
 
-from spek_sentinel.probes.base import redact
 from spek_sentinel.rollback.apps.base import (
     AppBackendError,
     AppState,
@@ -42,6 +41,7 @@ from spek_sentinel.rollback.apps.base import (
     check_release,
     output_tail,
 )
+from spek_sentinel.secrets import redact
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 _DOCKER_STOP_GRACE = 10  # docker stop's own default
