@@ -81,6 +81,21 @@ MIGRATIONS: tuple[str, ...] = (
         details TEXT NOT NULL
     );
     """,
+    """
+    CREATE TABLE page_outbox (
+        id INTEGER PRIMARY KEY,
+        pager TEXT NOT NULL,
+        dedup_key TEXT NOT NULL,
+        notice TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed', 'expired')),
+        last_error TEXT NOT NULL DEFAULT '',
+        ended_at REAL
+    );
+    CREATE INDEX page_outbox_due ON page_outbox (status, next_attempt_at);
+    """,
 )
 
 

@@ -1,0 +1,97 @@
+"""The outbox: written before sending, retried with backoff, kept across restarts, never lost
+silently — against a real HTTP receiver through the real webhook pager."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from harness.http_receiver import HttpReceiver
+from spek_sentinel.paging.base import Notice, NoticeKind, Pager, Urgency
+from spek_sentinel.paging.outbox import Outbox, backoff
+from spek_sentinel.paging.webhook import WebhookPager, WebhookSettings
+
+SECRET = "outbox-test-hmac-secret"  # noqa: S105 -- a test value
+NOTICE = Notice(
+    kind=NoticeKind.TRIGGER,
+    dedup_key="inc-20261125-030500-1",
+    summary="slow_responses firing: evaluate a rollback",
+    urgency=Urgency.WARNING,
+    at=1_795_575_900.0,
+    rule="slow_responses",
+    value="0.29s",
+    threshold="+50% over baseline",
+    links={"report": "http://sentinel/incidents/inc-1"},
+)
+
+
+def deliver(outbox: Outbox, pagers: dict[str, Pager], now: float) -> list[bool]:
+    async def run() -> list[bool]:
+        try:
+            return [d.ok for d in await outbox.deliver_due(pagers, now)]
+        finally:
+            for pager in pagers.values():
+                await pager.aclose()
+
+    return asyncio.run(run())
+
+
+def webhook(receiver: HttpReceiver) -> dict[str, Pager]:
+    return {"oncall": WebhookPager("oncall", WebhookSettings(url=receiver.url, secret=SECRET))}
+
+
+def test_a_page_is_stored_before_sending_and_retried_until_delivered(tmp_path: Path) -> None:
+    with HttpReceiver(status=503) as receiver:
+        outbox = Outbox.in_dir(tmp_path)
+        outbox.enqueue(NOTICE, ["oncall"], now=1000.0)
+        [entry] = outbox.entries()
+        assert (entry.status, entry.attempts) == ("pending", 0)  # written before any send
+
+        assert deliver(outbox, webhook(receiver), now=1000.0) == [False]
+        [entry] = outbox.entries()
+        assert (entry.status, entry.attempts) == ("pending", 1)
+        assert entry.next_attempt_at == 1000.0 + backoff(1)
+        assert deliver(outbox, webhook(receiver), now=1001.0) == []  # not due yet
+
+        receiver.answer(200, b"ok")
+        assert deliver(outbox, webhook(receiver), now=1000.0 + backoff(1)) == [True]
+        [entry] = outbox.entries()
+        assert entry.status == "delivered"
+        bodies = [json.loads(request.body) for request in receiver.received]
+        assert [b["dedup_key"] for b in bodies] == [NOTICE.dedup_key] * 2  # the same page twice
+        outbox.close()
+
+
+def test_pending_pages_survive_a_restart(tmp_path: Path) -> None:
+    first = Outbox.in_dir(tmp_path)
+    first.enqueue(NOTICE, ["oncall", "slack"], now=1000.0)
+    first.close()  # the sentinel dies before sending anything
+    with HttpReceiver(status=200) as receiver:
+        second = Outbox.in_dir(tmp_path)
+        assert deliver(second, webhook(receiver), now=1010.0) == [True]
+        statuses = {(e.pager, e.status) for e in second.entries()}
+        # the Slack page waits for its pager rather than being dropped
+        assert statuses == {("oncall", "delivered"), ("slack", "pending")}
+        [slack] = [e for e in second.entries() if e.pager == "slack"]
+        assert slack.last_error == "no pager named slack"
+        second.close()
+
+
+def test_a_refused_page_is_marked_failed_and_an_old_one_expires(tmp_path: Path) -> None:
+    with HttpReceiver(status=400, reply=b"bad request") as receiver:
+        outbox = Outbox.in_dir(tmp_path, expire_after=3600)
+        outbox.enqueue(NOTICE, ["oncall"], now=1000.0)
+        assert deliver(outbox, webhook(receiver), now=1000.0) == [False]
+        outbox.enqueue(NOTICE, ["oncall"], now=1000.0)
+        assert deliver(outbox, webhook(receiver), now=1000.0 + 3601) == []
+        assert [(e.status, SECRET in e.last_error) for e in outbox.entries()] == [
+            ("failed", False),
+            ("expired", False),
+        ]
+        outbox.close()
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    assert [backoff(n) for n in (1, 2, 3, 4)] == [5.0, 10.0, 20.0, 40.0]
+    assert backoff(30) == 300.0
