@@ -7,8 +7,25 @@ import pytest
 import redis
 
 from harness import HarnessError
+from harness.alertmanager_server import alertmanager
+from harness.docker_engine import busybox_image, containers, docker_engine
 from harness.postgres import PostgresServer
+from harness.prometheus_server import prometheus
 from harness.redis_server import RedisServer, RedisTarget
+from harness.web_app import certificate, tls_web_app, web_app
+
+# The shared servers' fixtures, registered once here so that each starts once per run (a
+# fixture imported into several test modules would be a fixture per module).
+__all__ = [
+    "alertmanager",
+    "busybox_image",
+    "certificate",
+    "containers",
+    "docker_engine",
+    "prometheus",
+    "tls_web_app",
+    "web_app",
+]
 
 T = TypeVar("T")
 

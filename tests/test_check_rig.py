@@ -14,13 +14,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from harness.docker_engine import Containers, busybox_image, containers, docker_engine
-from harness.prometheus_server import PrometheusStack, prometheus
+from harness.docker_engine import Containers
+from harness.prometheus_server import PrometheusStack
 from harness.redis_server import RedisServer
-from harness.web_app import WebApp, web_app
+from harness.web_app import WebApp
 from spek_sentinel.cli import main
-
-__all__ = ["busybox_image", "containers", "docker_engine", "prometheus", "web_app"]
 
 TABLE = """
 [sentinel]

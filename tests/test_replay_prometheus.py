@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from harness.ports import free_port
-from harness.prometheus_server import PrometheusStack, Request, StubHttpServer, prometheus
+from harness.prometheus_server import PrometheusStack, Request, StubHttpServer
 from harness.wait import wait_until
 from spek_sentinel.config import Config, load_config
 from spek_sentinel.domain.errors import InputError
@@ -21,8 +21,6 @@ from spek_sentinel.domain.samples import Sample
 from spek_sentinel.replay.prometheus_source import fetch_series, fetched_signals
 from spek_sentinel.replay.run import replay
 from spek_sentinel.replay.series import Event
-
-__all__ = ["prometheus"]  # the session fixture, imported so pytest finds it here
 
 TOKEN = "replay-bearer-token-9876543210"  # noqa: S105 -- a test value, never a real secret
 

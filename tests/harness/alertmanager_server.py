@@ -282,14 +282,6 @@ class AlertmanagerStack:
         return self.server.url
 
 
-class _Shared:
-    """One stack for the whole run, even when several test modules import the fixture;
-    closed when the last of them is torn down."""
-
-    stack: AlertmanagerStack | None = None
-    users = 0
-
-
 def _start_stack() -> AlertmanagerStack:
     receiver = WebhookReceiver()
     try:
@@ -308,21 +300,15 @@ def _start_stack() -> AlertmanagerStack:
 @pytest.fixture(scope="session")
 def alertmanager() -> Iterator[AlertmanagerStack]:
     """A ready Alertmanager whose notifications land in ``.receiver``; stopped at the end."""
-    if _Shared.stack is None:
-        failure = ""
-        try:
-            _Shared.stack = _start_stack()
-        except HarnessError as exc:
-            failure = str(exc)
-        if failure:
-            pytest.fail(failure, pytrace=False)
-    assert _Shared.stack is not None
-    _Shared.users += 1
+    failure = ""
     try:
-        yield _Shared.stack
+        stack = _start_stack()
+    except HarnessError as exc:
+        failure = str(exc)
+    if failure:
+        pytest.fail(failure, pytrace=False)
+    try:
+        yield stack
     finally:
-        _Shared.users -= 1
-        if _Shared.users == 0:
-            stack, _Shared.stack = _Shared.stack, None
-            stack.server.close()
-            stack.receiver.close()
+        stack.server.close()
+        stack.receiver.close()

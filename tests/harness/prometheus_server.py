@@ -171,14 +171,6 @@ class PrometheusStack:
         return self.server.url
 
 
-class _Shared:
-    """One stack for the whole run, even when several test modules import the fixture (each
-    import is a fixture of its own to pytest); closed when the last of them is torn down."""
-
-    stack: PrometheusStack | None = None
-    users = 0
-
-
 def _start_stack() -> PrometheusStack:
     exporter = Exporter()
     try:
@@ -197,24 +189,18 @@ def _start_stack() -> PrometheusStack:
 @pytest.fixture(scope="session")
 def prometheus() -> Iterator[PrometheusStack]:
     """A running Prometheus that has scraped the exporter at least once; stopped at the end."""
-    if _Shared.stack is None:
-        failure = ""
-        try:
-            _Shared.stack = _start_stack()
-        except HarnessError as exc:
-            failure = str(exc)
-        if failure:
-            pytest.fail(failure, pytrace=False)
-    assert _Shared.stack is not None
-    _Shared.users += 1
+    failure = ""
     try:
-        yield _Shared.stack
+        stack = _start_stack()
+    except HarnessError as exc:
+        failure = str(exc)
+    if failure:
+        pytest.fail(failure, pytrace=False)
+    try:
+        yield stack
     finally:
-        _Shared.users -= 1
-        if _Shared.users == 0:
-            stack, _Shared.stack = _Shared.stack, None
-            stack.server.close()
-            stack.exporter.close()
+        stack.server.close()
+        stack.exporter.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,14 +7,12 @@ import time
 import uuid
 from typing import Any
 
-from harness.alertmanager_server import AlertmanagerStack, StatusServer, alertmanager
+from harness.alertmanager_server import AlertmanagerStack, StatusServer
 from harness.ports import free_port
 from harness.tcp_stub import TcpStub
 from harness.wait import wait_until
 from spek_sentinel.paging.alertmanager import AlertmanagerPager, AlertmanagerSettings
 from spek_sentinel.paging.base import Delivery, Notice, NoticeKind, Urgency
-
-__all__ = ["alertmanager"]  # the session fixture, imported so pytest finds it here
 
 TOKEN = "am-s3cr3t-bearer-token-0123456789"  # noqa: S105 -- a test value, never a real secret
 

@@ -19,9 +19,6 @@ import pytest
 from harness.docker_engine import (
     DOCKER_HOST,
     Containers,
-    busybox_image,
-    containers,
-    docker_engine,
 )
 from harness.wait import wait_until
 from spek_sentinel.config.probes import DockerProbe
@@ -30,8 +27,6 @@ from spek_sentinel.domain.samples import Sample
 from spek_sentinel.engine.engine import Engine
 from spek_sentinel.probes.base import observe
 from spek_sentinel.probes.docker import DockerContainerProbe, build, memory_in_use
-
-__all__ = ["busybox_image", "containers", "docker_engine"]  # fixtures used by name
 
 UNITS = {
     "up": "bool",

@@ -11,15 +11,13 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from harness.web_app import Certificate, WebApp, certificate, tls_web_app, web_app
+from harness.web_app import Certificate, WebApp
 from spek_sentinel.config.probes import HttpProbe
 from spek_sentinel.domain.errors import ConfigError
 from spek_sentinel.domain.samples import Sample
 from spek_sentinel.probes.base import Probe, observe
 from spek_sentinel.probes.http import HttpHealthProbe, app_failure, build, percentile
 from spek_sentinel.probes.registry import factory_for
-
-__all__ = ["certificate", "tls_web_app", "web_app"]  # fixtures used by name
 
 UNITS = {
     "up": "bool",

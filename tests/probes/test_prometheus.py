@@ -18,7 +18,6 @@ from harness.prometheus_server import (
     Request,
     SilentServer,
     StubHttpServer,
-    prometheus,
     prometheus_vector,
     self_signed_cert,
     server_tls,
@@ -31,8 +30,6 @@ from spek_sentinel.domain.samples import Sample
 from spek_sentinel.probes.base import Failed, Reading, observe
 from spek_sentinel.probes.prometheus import build
 from spek_sentinel.probes.registry import build_probes
-
-__all__ = ["prometheus"]  # the session fixture, imported so pytest finds it here
 
 TOKEN = "s3cr3t-bearer-token-0123456789"  # noqa: S105 -- a test value, never a real secret
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from harness.web_app import Certificate, WebApp, certificate, tls_web_app, web_app
+from harness.web_app import Certificate, WebApp
 from spek_sentinel.config.probes import WebSocketProbe
 from spek_sentinel.domain.errors import ConfigError
 from spek_sentinel.domain.samples import Sample
@@ -17,8 +17,6 @@ from spek_sentinel.probes.base import Probe, observe
 from spek_sentinel.probes.registry import factory_for
 from spek_sentinel.probes.websocket import build
 from spek_sentinel.probes.ws_client import TEXT, accept_for, encode_frame
-
-__all__ = ["certificate", "tls_web_app", "web_app"]  # fixtures used by name
 
 SIGNALS = {
     "ws_failures": {"unit": "ratio", "measure": "failure_ratio"},

@@ -13,7 +13,7 @@ import pytest
 
 from harness import HarnessError
 from harness.app_images import APP_PORT, app_image, ensure_app_images
-from harness.docker_engine import DOCKER_HOST, NAME_PREFIX, TEST_LABEL, docker_engine
+from harness.docker_engine import DOCKER_HOST, NAME_PREFIX, TEST_LABEL
 from harness.ports import free_port
 from harness.wait import wait_until
 from spek_sentinel.rollback.apps.base import (
@@ -23,8 +23,6 @@ from spek_sentinel.rollback.apps.base import (
     TargetMissingError,
 )
 from spek_sentinel.rollback.apps.docker import DockerAppSettings, DockerBackend, recreate_config
-
-__all__ = ["docker_engine"]  # fixture used by name
 
 V1, V2, V3 = app_image("v1"), app_image("v2"), app_image("v3")
 

@@ -26,7 +26,7 @@ import pytest
 from psycopg import sql
 
 from harness import HarnessError
-from harness.docker_engine import Containers, docker_engine
+from harness.docker_engine import Containers
 from harness.postgres import PostgresServer
 from harness.postgres_image import ensure_postgres_image
 from harness.wait import wait_until
@@ -40,8 +40,6 @@ from spek_sentinel.rollback.backup import (
     prune,
     verify_backup,
 )
-
-__all__ = ["docker_engine"]  # fixtures used by name
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 # ':' and '\' need escaping in a passfile, '@' and '/' in a URL, the quote in a conninfo

@@ -10,12 +10,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from harness.docker_engine import docker_engine
 from rollback.test_app_docker import V1, V2, App, app, app_images
 from spek_sentinel.cli import main
 from spek_sentinel.rollback.backup import list_backups
 
-__all__ = ["app", "app_images", "docker_engine"]
+__all__ = ["app", "app_images"]
 
 TABLE = """
 [sentinel]

@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 
 from harness.redis_server import RedisServer
-from harness.web_app import WebApp, web_app
+from harness.web_app import WebApp
 from spek_sentinel.config import Config, load_config
 from spek_sentinel.rollback.verify import verify_until
-
-__all__ = ["web_app"]
 
 TABLE = """
 [probes.app]
