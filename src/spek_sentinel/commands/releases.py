@@ -21,8 +21,7 @@ from spek_sentinel.commands.common import (
 )
 from spek_sentinel.config import Config
 from spek_sentinel.domain.errors import ConfigError, RollbackError
-from spek_sentinel.domain.units import format_size
-from spek_sentinel.engine.policy import iso
+from spek_sentinel.domain.units import format_size, iso
 from spek_sentinel.rollback.backup import (
     BackupRecord,
     create_backup,

@@ -11,8 +11,7 @@ from spek_sentinel.commands.common import EXIT_INVALID, EXIT_OK, add_config_opti
 from spek_sentinel.config import Config
 from spek_sentinel.domain.decisions import Decision
 from spek_sentinel.domain.errors import InputError
-from spek_sentinel.domain.units import parse_duration
-from spek_sentinel.engine.policy import iso
+from spek_sentinel.domain.units import iso, parse_duration
 from spek_sentinel.replay.report import as_json_line, as_text, summary
 from spek_sentinel.replay.run import replay
 from spek_sentinel.replay.series import Ack, Event, parse_ts, read_series

@@ -20,7 +20,7 @@ from spek_sentinel.commands.common import (
 )
 from spek_sentinel.config import Config
 from spek_sentinel.domain.errors import ConfigError, RollbackError
-from spek_sentinel.engine.policy import iso
+from spek_sentinel.domain.units import iso
 from spek_sentinel.rollback.backup import DatabaseTarget
 from spek_sentinel.rollback.executor import ExecutorSettings, Plan, RunEvent, RunOutcome, run
 from spek_sentinel.rollback.journal import Journal

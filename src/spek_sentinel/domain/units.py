@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -77,3 +78,8 @@ def format_value(value: float, unit: str) -> str:
     if unit == "fps":
         return f"{value:.4g} fps"
     return f"{value:.4g}"
+
+
+def iso(at: float) -> str:
+    """Unix seconds as RFC 3339 UTC to the second: how every time is shown to people."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

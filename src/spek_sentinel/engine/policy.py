@@ -14,12 +14,8 @@ from spek_sentinel.domain.decisions import Decision, Nothing, Page, PageKind, Re
 from spek_sentinel.domain.incidents import Incident
 from spek_sentinel.domain.rules import RuleState, Severity
 from spek_sentinel.domain.settings import PolicySettings
-from spek_sentinel.domain.units import format_duration
+from spek_sentinel.domain.units import format_duration, iso
 from spek_sentinel.domain.verdicts import Verdict
-
-
-def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Policy:

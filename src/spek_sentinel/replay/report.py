@@ -8,8 +8,7 @@ from collections import Counter
 from typing import Any
 
 from spek_sentinel.domain.decisions import Decision, Page, Rollback
-from spek_sentinel.domain.units import format_duration
-from spek_sentinel.engine.policy import iso
+from spek_sentinel.domain.units import format_duration, iso
 
 
 def decision_record(decision: Decision) -> dict[str, Any]:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from spek_sentinel.domain.units import format_duration
-from spek_sentinel.engine.policy import iso
+from spek_sentinel.domain.units import format_duration, iso
 from spek_sentinel.rollback.journal import RunRecord, StepRecord
 
 

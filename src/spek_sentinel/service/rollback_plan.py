@@ -24,7 +24,7 @@ from spek_sentinel.config.rollback import (
     RollbackSettings,
 )
 from spek_sentinel.domain.errors import RollbackError
-from spek_sentinel.engine.policy import iso
+from spek_sentinel.domain.units import iso
 from spek_sentinel.rollback.app_migrations import AppCommandMigrator, AppCommands
 from spek_sentinel.rollback.apps.base import AppBackend, StepOutput
 from spek_sentinel.rollback.apps.command import CommandAppSettings, CommandBackend
