@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from builders import STEP, T0, error_rate_rule, rule, series
-from spek_sentinel.domain.decisions import Action, Decision, Nothing, Page, PageKind, Resolve
+from spek_sentinel.domain.decisions import (
+    Action,
+    Decision,
+    Nothing,
+    Page,
+    PageKind,
+    Refused,
+    Resolve,
+    Rollback,
+)
 from spek_sentinel.domain.rules import Event, Severity, Threshold
 from spek_sentinel.domain.samples import ReleaseMark
 from spek_sentinel.domain.settings import PolicySettings
@@ -171,3 +180,86 @@ def test_one_blind_page_per_signal_however_many_rules_read_it() -> None:
         Action.PAGE,
         Action.RESOLVE,
     ]
+
+
+def fire_evaluate(sentinel: Sentinel) -> Page:
+    decisions = sentinel.observe_many(series("ws", [0.3] * 10))
+    pages = [d for d in decisions if isinstance(d, Page)]
+    assert len(pages) == 1
+    return pages[0]
+
+
+def ws_rule() -> object:
+    return rule("websocket_failures", "ws", Threshold(">", 0.1), for_=60.0, playbook="perf")
+
+
+def test_a_human_approved_rollback_runs_the_playbook_of_the_firing_rule() -> None:
+    sentinel = Sentinel([ws_rule()])
+    page = fire_evaluate(sentinel)
+    assert page.incident is not None
+    decision = sentinel.approve(page.incident, "alice", T0 + 120)
+    assert isinstance(decision, Rollback)
+    assert (decision.playbook, decision.approved_by, decision.incident) == (
+        "perf",
+        "alice",
+        page.incident,
+    )
+    assert "approved by alice" in decision.reason
+    # the same incident cannot be rolled back twice by approval
+    again = sentinel.approve(page.incident, "bob", T0 + 130)
+    assert isinstance(again, Refused) and "already running" in again.reason
+
+
+def test_approval_is_refused_in_shadow_mode_and_for_an_incident_that_is_not_open() -> None:
+    shadow = Sentinel([ws_rule()], PolicySettings(auto_rollback=False))
+    page = fire_evaluate(shadow)
+    assert page.incident is not None
+    refused = shadow.approve(page.incident, "alice", T0 + 120)
+    assert isinstance(refused, Refused) and "shadow mode" in refused.reason
+    other = shadow.approve("inc-nope", "alice", T0 + 120)
+    assert isinstance(other, Refused) and "not open" in other.reason
+
+
+def test_approval_overrides_the_cooldown_a_human_decided() -> None:
+    sentinel = Sentinel([error_rate_rule()], PolicySettings(cooldown=HOUR))
+    fire_error_rate(sentinel, T0)
+    sentinel.rollback_completed(T0 + 400)
+    sentinel.acknowledge(T0 + 500)
+    quiet_until(sentinel, T0 + 36 * STEP, T0 + 1200)
+    second = sentinel.observe_many(series("error_rate", [BAD] * 24, start=T0 + 1200))
+    held = [d for d in second if isinstance(d, Page)]
+    assert [p.kind for p in held] == [PageKind.HELD] and held[0].incident is not None
+    decision = sentinel.approve(held[0].incident, "alice", T0 + 1600)
+    assert isinstance(decision, Rollback) and decision.playbook == "high_error_rate"
+    assert sentinel.policy.last_rollback_at == T0 + 1600
+
+
+def test_a_dismissed_incident_pages_instead_of_rolling_back() -> None:
+    sentinel = Sentinel([ws_rule(), error_rate_rule()])
+    page = fire_evaluate(sentinel)
+    assert page.incident is not None
+    said = sentinel.dismiss(page.incident, "alice", T0 + 100)
+    assert isinstance(said, str) and "dismissed by alice" in said
+    decisions = sentinel.observe_many(series("error_rate", [BAD] * 24, start=T0 + 100))
+    held = [d for d in decisions if isinstance(d, Page) and d.kind is PageKind.HELD]
+    assert len(held) == 1 and "alice dismissed" in held[0].reason
+    assert not any(d.action is Action.ROLLBACK for d in decisions)
+
+
+def test_a_veto_window_delays_the_rollback_and_a_veto_cancels_it() -> None:
+    sentinel = Sentinel([error_rate_rule()], PolicySettings(veto_window=120.0, cooldown=HOUR))
+    decisions = sentinel.observe_many(series("error_rate", [BAD] * 24))
+    rollback = next(d for d in decisions if isinstance(d, Rollback))
+    assert rollback.not_before == rollback.verdict.at + 120.0
+    assert "in 2m unless vetoed" in rollback.reason
+    said = sentinel.veto(rollback.incident, "bob", T0 + 310)
+    assert isinstance(said, str) and "vetoed by bob" in said
+    assert sentinel.policy.last_rollback_at is None  # a vetoed rollback starts no cooldown
+    assert not sentinel.policy.rollback_running and not sentinel.policy.awaiting_ack
+    assert isinstance(sentinel.veto(rollback.incident, "bob", T0 + 320), Refused)
+
+
+def test_without_a_veto_window_the_rollback_is_immediate() -> None:
+    sentinel = Sentinel([error_rate_rule()])
+    rollback = next(d for d in fire_error_rate(sentinel, T0) if isinstance(d, Rollback))
+    assert rollback.not_before is None and rollback.approved_by is None

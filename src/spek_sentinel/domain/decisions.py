@@ -32,6 +32,15 @@ class Rollback:
     incident: str
     playbook: str
     reason: str
+    approved_by: str | None = None  # a human answered "roll back now"; None when automatic
+    not_before: float | None = None  # the veto window: run at this time unless vetoed
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A human's answer the policy will not carry out, and why (said back to the human)."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spek_sentinel.domain.verdicts import Verdict
+
 
 @dataclass(slots=True)
 class Incident:
@@ -13,3 +15,5 @@ class Incident:
     firing: set[str] = field(default_factory=set)  # rules still firing
     playbook: str | None = None
     rolled_back_at: float | None = None
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # rule -> verdict it fired with
+    held_by: str | None = None  # a human dismissed or vetoed: no automatic rollback in it

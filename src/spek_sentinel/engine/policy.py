@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from spek_sentinel.domain.decisions import Decision, Nothing, Page, PageKind, Resolve, Rollback
+from spek_sentinel.domain.decisions import (
+    Decision,
+    Nothing,
+    Page,
+    PageKind,
+    Refused,
+    Resolve,
+    Rollback,
+)
 from spek_sentinel.domain.incidents import Incident
 from spek_sentinel.domain.rules import RuleState, Severity
 from spek_sentinel.domain.settings import PolicySettings
@@ -23,6 +31,7 @@ class Policy:
         self.settings = settings or PolicySettings()
         self.incident: Incident | None = None
         self.last_rollback_at: float | None = None
+        self._last_rollback_before: float | None = None  # restored when a rollback is vetoed
         self.awaiting_ack = False  # an automatic rollback happened and no human has looked yet
         self.rollback_running = False  # decided, not yet reported finished by the executor
         self.monitor_until = float("-inf")
@@ -35,6 +44,67 @@ class Policy:
     def acknowledge(self, at: float) -> None:
         """A human has seen the last automatic rollback; the loop guard lifts (not the cooldown)."""
         self.awaiting_ack = False
+
+    def approve(self, incident_id: str, by: str, at: float) -> Rollback | Refused:
+        """A human answered "roll back now": run the playbook of the first rule that fired in
+        the incident and has one. Overrides the cooldown and the loop guard (a human decided),
+        never shadow mode, a rollback already running, or one already done in this incident."""
+        incident = self.incident
+        if incident is None or incident.id != incident_id:
+            return Refused(f"incident {incident_id} is not open (nothing is firing)")
+        if not self.settings.auto_rollback:
+            return Refused("shadow mode (auto_rollback = false): the sentinel never rolls back")
+        if self.rollback_running:
+            return Refused("a rollback is already running")
+        if incident.rolled_back_at is not None:
+            return Refused(
+                f"incident {incident.id} was already rolled back at "
+                f"{iso(incident.rolled_back_at)} with playbook {incident.playbook}; "
+                "run `spek-sentinel rollback` by hand for another"
+            )
+        chosen = next(
+            (
+                incident.verdicts[name]
+                for name in incident.rules
+                if incident.verdicts[name].rule.playbook
+            ),
+            None,
+        )
+        if chosen is None:
+            return Refused(f"no rule firing in incident {incident.id} names a playbook")
+        playbook = chosen.rule.playbook
+        assert playbook is not None
+        self._start_rollback(incident, playbook, at)
+        return Rollback(
+            chosen,
+            incident.id,
+            playbook,
+            f"rollback with playbook {playbook} approved by {by} ({chosen.rule.name} firing)",
+            approved_by=by,
+        )
+
+    def dismiss(self, incident_id: str, by: str, at: float) -> str | Refused:
+        """A human answered "dismiss" (or vetoed a pending rollback): no automatic rollback in
+        this incident; rules that fire in it page instead. Returns what was done."""
+        incident = self.incident
+        if incident is None or incident.id != incident_id:
+            return Refused(f"incident {incident_id} is not open (nothing is firing)")
+        incident.held_by = by
+        self.awaiting_ack = False
+        return f"incident {incident.id} dismissed by {by}: no automatic rollback in it"
+
+    def veto(self, incident_id: str, by: str, at: float) -> str | Refused:
+        """Cancel a rollback decided with a veto window that has not started yet."""
+        incident = self.incident
+        if incident is None or incident.id != incident_id or not self.rollback_running:
+            return Refused(f"no pending rollback in incident {incident_id}")
+        self.rollback_running = False
+        self.awaiting_ack = False
+        self.last_rollback_at = self._last_rollback_before
+        incident.rolled_back_at = None
+        incident.playbook = None
+        incident.held_by = by
+        return f"rollback of incident {incident.id} vetoed by {by}"
 
     def rollback_completed(self, at: float) -> None:
         """The executor finished the rollback: the post-rollback monitoring period starts."""
@@ -97,6 +167,7 @@ class Policy:
         incident = self._open_incident(at)
         if rule.name not in incident.rules:
             incident.rules.append(rule.name)
+            incident.verdicts[rule.name] = verdict
         incident.firing.add(rule.name)
         if rule.severity is Severity.EVALUATE:
             if incident.rolled_back_at is not None:
@@ -117,23 +188,41 @@ class Policy:
         if held is not None:
             kind, reason = held
             return Page(verdict, incident.id, kind, f"{rule.name} firing: {reason}")
-        incident.playbook = playbook
-        incident.rolled_back_at = at
-        self.last_rollback_at = at
-        self.awaiting_ack = True
-        self.rollback_running = True
+        self._start_rollback(incident, playbook, at)
+        monitoring = f"{format_duration(self.settings.monitor_for)} of post-rollback monitoring"
+        veto = self.settings.veto_window
+        if veto > 0:
+            return Rollback(
+                verdict,
+                incident.id,
+                playbook,
+                f"{rule.name} firing: automatic rollback with playbook {playbook} in "
+                f"{format_duration(veto)} unless vetoed; then {monitoring}",
+                not_before=at + veto,
+            )
         return Rollback(
             verdict,
             incident.id,
             playbook,
-            f"{rule.name} firing: automatic rollback with playbook {playbook}; then "
-            f"{format_duration(self.settings.monitor_for)} of post-rollback monitoring",
+            f"{rule.name} firing: automatic rollback with playbook {playbook}; then {monitoring}",
         )
+
+    def _start_rollback(self, incident: Incident, playbook: str, at: float) -> None:
+        incident.playbook = playbook
+        incident.rolled_back_at = at
+        self._last_rollback_before = self.last_rollback_at
+        self.last_rollback_at = at
+        self.awaiting_ack = True
+        self.rollback_running = True
 
     def _hold_reason(self, incident: Incident, at: float) -> tuple[PageKind, str] | None:
         settings = self.settings
         if not settings.auto_rollback:
             return PageKind.SHADOW, "shadow mode (auto_rollback = false): would roll back now"
+        if incident.held_by is not None:
+            return PageKind.HELD, (
+                f"automatic rollback held: {incident.held_by} dismissed incident {incident.id}"
+            )
         if incident.rolled_back_at is not None:
             return PageKind.JOINED, (
                 f"joined incident {incident.id}, already rolled back at "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from spek_sentinel.domain.decisions import Decision
+from spek_sentinel.domain.decisions import Decision, Refused, Rollback
 from spek_sentinel.domain.rules import Rule
 from spek_sentinel.domain.samples import ReleaseMark, Sample
 from spek_sentinel.domain.settings import PolicySettings
@@ -52,3 +52,12 @@ class Sentinel:
 
     def acknowledge(self, at: float) -> None:
         self.policy.acknowledge(at)
+
+    def approve(self, incident_id: str, by: str, at: float) -> Rollback | Refused:
+        return self.policy.approve(incident_id, by, at)
+
+    def dismiss(self, incident_id: str, by: str, at: float) -> str | Refused:
+        return self.policy.dismiss(incident_id, by, at)
+
+    def veto(self, incident_id: str, by: str, at: float) -> str | Refused:
+        return self.policy.veto(incident_id, by, at)
