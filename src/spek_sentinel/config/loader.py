@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ from pydantic import ValidationError
 from spek_sentinel.config.compile import compile_rules
 from spek_sentinel.config.models import ConfigModel
 from spek_sentinel.config.overrides import apply_overrides
+from spek_sentinel.config.paging import DEFAULT_LEVEL, PAGER_TYPES, paging_problems
 from spek_sentinel.config.probes import PROBE_KINDS
 from spek_sentinel.domain.errors import ConfigError, ConfigProblem
+from spek_sentinel.domain.escalation import EscalationLevel, EscalationPolicy
 from spek_sentinel.domain.rules import Rule
 from spek_sentinel.domain.settings import PolicySettings
 
@@ -34,6 +36,9 @@ class Config:
     model: ConfigModel
     rules: tuple[Rule, ...]  # watch rules, then post-rollback validation checks
     policy: PolicySettings
+    # who is paged and when ([escalation]); no levels when no pagers are defined
+    escalation: EscalationPolicy = field(default_factory=EscalationPolicy)
+    notice_pagers: tuple[str, ...] = ()  # [notices] pagers: stakeholder information
 
     @property
     def watch_rules(self) -> tuple[Rule, ...]:
@@ -45,6 +50,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     if len(parts) > 2 and (
         (parts[0] == "rules" and parts[2] in RULE_KINDS)
         or (parts[0] == "probes" and parts[2] in PROBE_KINDS)
+        or (parts[0] == "pagers" and parts[2] in PAGER_TYPES)
         or (parts[:2] == ["rollback", "application"] and parts[2] in APPLICATION_KINDS)
     ):
         del parts[2]  # the discriminated-union tag pydantic inserts; not a key in the file
@@ -98,11 +104,12 @@ def _reason(error: Mapping[str, Any]) -> str:
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
+    tag = str(ctx.get("discriminator", "'kind'")).strip("'")  # 'kind', or 'type' for pagers
     if kind == "union_tag_not_found":
-        return "missing 'kind'"
+        return f"missing {tag!r}"
     if kind == "union_tag_invalid":
         expected = ctx.get("expected_tags", "")
-        return f"unknown kind {error['input'].get('kind')!r}; expected one of {expected}"
+        return f"unknown {tag} {error['input'].get(tag)!r}; expected one of {expected}"
     got = _shown(error.get("input"))
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}, not {got}"
@@ -158,6 +165,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         raise ConfigError(problems) from None
 
     rules, found = compile_rules(model)
+    found = [*found, *paging_problems(model.pagers, model.escalation, model.notices)]
     for key, why in found:
         problems.append(ConfigProblem(_source_for(key, name, overrides), key, why))
     if problems:
@@ -166,5 +174,35 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         auto_rollback=model.sentinel.auto_rollback,
         cooldown=model.sentinel.cooldown,
         monitor_for=model.validation.monitor_for,
+        veto_window=model.sentinel.veto_window,
     )
-    return Config(path=file, model=model, rules=tuple(rules), policy=policy)
+    return Config(
+        path=file,
+        model=model,
+        rules=tuple(rules),
+        policy=policy,
+        escalation=escalation_policy(model),
+        notice_pagers=tuple(model.notices.pagers),
+    )
+
+
+def escalation_policy(model: ConfigModel) -> EscalationPolicy:
+    """``[escalation]`` as plain values. Pagers without levels: one level, "on-call", paging
+    every pager at once. No pagers: no levels (nothing is paged)."""
+    settings = model.escalation
+    levels = tuple(
+        EscalationLevel(
+            name=level.name,
+            contacts=tuple(level.contacts),
+            pagers=tuple(level.pagers),
+            after=level.after,
+        )
+        for level in settings.levels
+    )
+    if not levels and model.pagers:
+        levels = (EscalationLevel(DEFAULT_LEVEL, (), tuple(model.pagers), 0.0),)
+    return EscalationPolicy(
+        levels=levels,
+        renotify_every=settings.renotify_every,
+        ack_timeout=settings.ack_timeout,
+    )

@@ -6,6 +6,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from spek_sentinel.config.paging import (
+    EscalationSettings,
+    InboundSettings,
+    NoticeSettings,
+    PagerModel,
+)
 from spek_sentinel.config.probes import Probe
 from spek_sentinel.config.rollback import RollbackSettings
 from spek_sentinel.config.types import (
@@ -22,6 +28,8 @@ class SentinelSettings(StrictModel):
     auto_rollback: bool = True  # false = shadow mode: decide and page, never execute
     cooldown: Duration = 3600.0  # at most one automatic rollback per cooldown
     state_dir: str = "/var/lib/spek-sentinel"  # incidents, pushed signals, journal (SQLite)
+    # before an automatic rollback: page "rolling back in N s unless vetoed"; "0s" = at once
+    veto_window: Duration = 0.0
 
 
 class ApiSettings(StrictModel):
@@ -132,3 +140,8 @@ class ConfigModel(StrictModel):
     rules: list[RuleModel] = Field(min_length=1)
     validation: Validation = Validation()
     rollback: RollbackSettings = RollbackSettings()
+    # paging (config/paging.py); none of it is required: no pagers means nothing is paged
+    pagers: dict[Name, PagerModel] = {}
+    escalation: EscalationSettings = EscalationSettings()
+    notices: NoticeSettings = NoticeSettings()
+    inbound: InboundSettings = InboundSettings()
