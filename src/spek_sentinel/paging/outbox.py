@@ -51,9 +51,21 @@ def backoff(attempts: int) -> float:
 
 
 class Outbox:
-    def __init__(self, path: Path, expire_after: float = EXPIRE_AFTER) -> None:
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection = open_state_db(path)
+    def __init__(
+        self,
+        path: Path,
+        expire_after: float = EXPIRE_AFTER,
+        shared: tuple[sqlite3.Connection, threading.RLock] | None = None,
+    ) -> None:
+        """``shared``: a connection and its lock used with other stores, so that a page can be
+        enqueued in the same transaction as the state change it reports."""
+        if shared is None:
+            self._db: sqlite3.Connection = open_state_db(path)
+            self._lock = threading.RLock()
+            self._owns_db = True
+        else:
+            self._db, self._lock = shared
+            self._owns_db = False
         self._expire_after = expire_after
 
     @classmethod
@@ -61,8 +73,9 @@ class Outbox:
         return cls(state_dir / STATE_FILE, expire_after)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._owns_db:
+            with self._lock:
+                self._db.close()
 
     def enqueue(self, notice: Notice, pagers: Sequence[str], now: float) -> list[int]:
         """Store one row per pager before anything is sent; returns their ids."""
@@ -132,3 +145,18 @@ class Outbox:
                 " next_attempt_at FROM page_outbox ORDER BY id"
             ).fetchall()
         return [OutboxEntry(*row) for row in rows]
+
+    def notices(self, status: str = "pending") -> list[tuple[str, Notice]]:
+        """(pager, notice) of every page in ``status``, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT pager, notice FROM page_outbox WHERE status = ? ORDER BY id", (status,)
+            ).fetchall()
+        return [(str(pager), notice_from_json(text)) for pager, text in rows]
+
+    def pending_count(self) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT count(*) FROM page_outbox WHERE status = 'pending'"
+            ).fetchone()
+        return int(row[0])

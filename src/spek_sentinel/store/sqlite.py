@@ -96,6 +96,43 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX page_outbox_due ON page_outbox (status, next_attempt_at);
     """,
+    """
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        dedup_key TEXT NOT NULL,
+        incident TEXT,
+        kind TEXT NOT NULL,
+        urgency TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        rules TEXT NOT NULL,
+        playbook TEXT,
+        state TEXT NOT NULL CHECK (state IN ('open', 'acknowledged', 'resolved')),
+        opened_at REAL NOT NULL,
+        escalation_started_at REAL NOT NULL,
+        level INTEGER NOT NULL,
+        notified_at REAL NOT NULL,
+        acked_by TEXT,
+        acked_at REAL,
+        ack_note TEXT NOT NULL DEFAULT '',
+        resolved_at REAL,
+        resolution TEXT NOT NULL DEFAULT '',
+        rollback_at REAL,
+        notice TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX alerts_live_key ON alerts (dedup_key) WHERE state != 'resolved';
+    CREATE TABLE alert_actions (
+        id INTEGER PRIMARY KEY,
+        alert_id INTEGER NOT NULL REFERENCES alerts (id),
+        answer TEXT NOT NULL CHECK (answer IN ('acknowledge', 'rollback', 'dismiss')),
+        actor TEXT NOT NULL,
+        note TEXT NOT NULL,
+        source TEXT NOT NULL,
+        at REAL NOT NULL,
+        applied_at REAL,
+        outcome TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX alert_actions_pending ON alert_actions (applied_at, id);
+    """,
 )
 
 
