@@ -12,7 +12,7 @@ from harness.http_receiver import HttpReceiver
 from harness.ports import free_port
 from harness.tcp_stub import TcpStub
 from spek_sentinel.paging.base import Delivery, Notice, NoticeKind, Urgency
-from spek_sentinel.paging.slack import SlackPager, SlackSettings
+from spek_sentinel.paging.slack import SlackPager, SlackSettings, message
 
 HOOK_PATH = "/services/T0SPEK001/B0SPEK002/s3cr3tW3bh00kT0k3n"
 
@@ -51,9 +51,11 @@ def send(url: str, sent: Notice, timeout: float = 5.0) -> Delivery:
 
 
 def texts(body: dict[str, Any]) -> str:
-    """Every mrkdwn text of the blocks, in order."""
+    """Every mrkdwn text of the blocks, in order (buttons are checked on their own)."""
     found = []
     for block in body["blocks"]:
+        if block["type"] == "actions":
+            continue
         if "text" in block:
             found.append(block["text"]["text"])
         found.extend(item["text"] for item in block.get("fields", []))
@@ -71,7 +73,8 @@ def test_trigger_posts_text_and_blocks_to_the_webhook_path() -> None:
     body = request.json()
     assert set(body) == {"text", "blocks"}
     assert body["text"] == ":rotating_light: CRITICAL: error rate 8.30% > 5% for 2m"
-    for block in body["blocks"]:  # only block kinds and text objects Slack accepts
+    assert [block["type"] for block in body["blocks"]][-1] == "actions"
+    for block in body["blocks"][:-1]:  # only block kinds and text objects Slack accepts
         assert block["type"] in {"section", "context"}
         for item in [block.get("text"), *block.get("fields", []), *block.get("elements", [])]:
             assert item is None or (item["type"] == "mrkdwn" and isinstance(item["text"], str))
@@ -83,6 +86,72 @@ def test_trigger_posts_text_and_blocks_to_the_webhook_path() -> None:
     assert "*Incident:* `inc-20261125-030500-1`" in shown
     assert "```error_ratio 0.083 at 03:05:00```" in shown
     assert "<https://sentinel.example/i/1|report> · <https://grafana.example/d|dashboard>" in shown
+
+
+def plain(text: str) -> dict[str, Any]:
+    return {"type": "plain_text", "text": text}
+
+
+def test_trigger_carries_three_answer_buttons_with_the_dedup_key() -> None:
+    with HttpReceiver() as receiver:
+        send(receiver.url + HOOK_PATH, notice(dedup_key="inc-20261125-030500-1"))
+    [actions] = [b for b in receiver.received[0].json()["blocks"] if b["type"] == "actions"]
+    assert set(actions) == {"type", "block_id", "elements"}
+    assert 0 < len(actions["block_id"]) <= 255
+    acknowledge, rollback, dismiss = actions["elements"]
+    key = "inc-20261125-030500-1"
+    assert acknowledge == {
+        "type": "button",
+        "text": plain("Acknowledge"),
+        "action_id": "spek_ack",
+        "value": key,
+        "style": "primary",
+    }
+    confirm = rollback.pop("confirm")
+    assert rollback == {
+        "type": "button",
+        "text": plain("Roll back now"),
+        "action_id": "spek_rollback",
+        "value": key,
+        "style": "danger",
+    }
+    assert dismiss == {
+        "type": "button",
+        "text": plain("Dismiss"),
+        "action_id": "spek_dismiss",
+        "value": key,
+    }
+    # Slack's confirmation dialog object: plain_text title (<= 100), text (<= 300), confirm and
+    # deny (<= 30 each), style primary or danger
+    assert set(confirm) == {"title", "text", "confirm", "deny", "style"}
+    for field, limit in (("title", 100), ("text", 300), ("confirm", 30), ("deny", 30)):
+        assert confirm[field]["type"] == "plain_text"
+        assert 0 < len(confirm[field]["text"]) <= limit
+    assert confirm["style"] == "danger"
+    assert "error rate 8.30% > 5% for 2m" in confirm["text"]["text"]
+    for button in (acknowledge, rollback, dismiss):  # Slack's limits on a button
+        assert 0 < len(button["text"]["text"]) <= 75
+        assert len(button["action_id"]) <= 255
+
+
+def test_a_long_summary_is_cut_in_the_confirmation() -> None:
+    [actions] = [b for b in message(notice(summary="x" * 5000))["blocks"] if b["type"] == "actions"]
+    assert len(actions["elements"][1]["confirm"]["text"]["text"]) == 300
+
+
+@pytest.mark.parametrize("kind", [NoticeKind.RESOLVE, NoticeKind.ACKNOWLEDGE, NoticeKind.INFO])
+def test_only_triggers_carry_buttons(kind: NoticeKind) -> None:
+    assert "actions" not in {block["type"] for block in message(notice(kind))["blocks"]}
+
+
+def test_a_dedup_key_too_long_for_a_button_still_pages_without_buttons() -> None:
+    fits, too_long = "k" * 2000, "k" * 2001
+    assert "actions" in {block["type"] for block in message(notice(dedup_key=fits))["blocks"]}
+    with HttpReceiver() as receiver:
+        delivery = send(receiver.url + HOOK_PATH, notice(dedup_key=too_long))
+    assert delivery.ok
+    body = receiver.received[0].json()
+    assert "actions" not in {block["type"] for block in body["blocks"]}
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,14 @@ notifications show, the blocks carry the summary, rule, value against threshold,
 incident, evidence and links (``<url|name>``). A resolve, acknowledge or info notice says so in
 its first words. The webhook URL is the credential (anyone holding it may post): it comes from
 env or a file and never appears in a ``Delivery``.
+
+A trigger ends with an ``actions`` block of three Block Kit buttons (``type: "button"``, a
+``plain_text`` label, ``action_id``, ``value`` = the notice's dedup key): Acknowledge
+(``spek_ack``, style ``primary``), Roll back now (``spek_rollback``, style ``danger``, behind a
+confirmation dialog) and Dismiss (``spek_dismiss``). A click reaches the Slack app's
+interactivity Request URL, which ``paging.inbound.verify_slack`` reads. Slack refuses a button
+whose ``value`` is over 2000 characters, and with it the whole message: a longer dedup key gets
+no buttons rather than a lost page.
 """
 
 from __future__ import annotations
@@ -17,11 +25,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from spek_sentinel.paging.base import Delivery, Notice, NoticeKind, Urgency
+from spek_sentinel.paging.inbound import SLACK_ACK, SLACK_DISMISS, SLACK_ROLLBACK
 from spek_sentinel.secrets import redact
 
 _DETAIL_CHARS = 200
 _SECTION_CHARS = 3000  # Slack's limit on a section's text
 _FIELD_CHARS = 2000  # and on each of its fields
+BUTTON_VALUE_CHARS = 2000  # Slack's limit on a button's value
+ACTIONS_BLOCK_ID = "spek_answer"
 
 _HEADLINE = {
     NoticeKind.RESOLVE: ":white_check_mark: Resolved",
@@ -56,6 +67,43 @@ def headline(notice: Notice) -> str:
     return _HEADLINE[notice.kind]
 
 
+def _plain(text: str) -> dict[str, Any]:
+    return {"type": "plain_text", "text": text}
+
+
+def buttons(notice: Notice) -> dict[str, Any] | None:
+    """The actions block a trigger carries, or None when the dedup key cannot be a value."""
+    key = notice.dedup_key
+    if notice.kind is not NoticeKind.TRIGGER or not key or len(key) > BUTTON_VALUE_CHARS:
+        return None
+    rollback_confirm = {
+        "title": _plain("Roll back now?"),
+        "text": _plain(_clip(f"Start the rollback for this alert now: {notice.summary}", 300)),
+        "confirm": _plain("Roll back"),
+        "deny": _plain("Cancel"),
+        "style": "danger",
+    }
+    elements = [
+        {
+            "type": "button",
+            "text": _plain("Acknowledge"),
+            "action_id": SLACK_ACK,
+            "value": key,
+            "style": "primary",
+        },
+        {
+            "type": "button",
+            "text": _plain("Roll back now"),
+            "action_id": SLACK_ROLLBACK,
+            "value": key,
+            "style": "danger",
+            "confirm": rollback_confirm,
+        },
+        {"type": "button", "text": _plain("Dismiss"), "action_id": SLACK_DISMISS, "value": key},
+    ]
+    return {"type": "actions", "block_id": ACTIONS_BLOCK_ID, "elements": elements}
+
+
 def message(notice: Notice) -> dict[str, Any]:
     """The JSON body posted to the webhook."""
     title = f"{headline(notice)}: {notice.summary}"
@@ -88,6 +136,9 @@ def message(notice: Notice) -> dict[str, Any]:
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": links}]})
     context = f"{escape(notice.source)} · dedup `{escape(notice.dedup_key)}`"
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
+    actions = buttons(notice)
+    if actions is not None:
+        blocks.append(actions)
     return {"text": title, "blocks": blocks}
 
 
