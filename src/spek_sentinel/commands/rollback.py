@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,15 +19,17 @@ from spek_sentinel.commands.common import (
     load,
     report_config_error,
 )
-from spek_sentinel.config import Config
 from spek_sentinel.domain.errors import ConfigError, RollbackError
 from spek_sentinel.domain.units import iso
-from spek_sentinel.rollback.backup import DatabaseTarget
-from spek_sentinel.rollback.executor import ExecutorSettings, Plan, RunEvent, RunOutcome, run
+from spek_sentinel.rollback.executor import RunEvent
 from spek_sentinel.rollback.journal import Journal
-from spek_sentinel.rollback.report import render
-from spek_sentinel.service.rollback_plan import PlanRequest, build_plan, describe_plan
-from spek_sentinel.service.rollback_targets import database_target
+from spek_sentinel.service.rollback_plan import PlanRequest, describe_plan
+from spek_sentinel.service.rollback_run import (
+    execute,
+    incident_report,
+    plan_rollback,
+    target_release,
+)
 from spek_sentinel.store.sqlite import SqliteStore
 
 
@@ -47,71 +50,25 @@ def add_parser(commands: Any) -> None:
     incidents.set_defaults(handler=run_incidents)
 
 
-def _report(config: Config, journal: Journal, incident: str, trigger: str = "") -> str | None:
-    record = journal.run(incident)
-    if record is None:
-        return None
-    settings = config.model.rollback
-    return render(
-        record,
-        journal.steps(incident),
-        downtime_budget=settings.downtime_budget,
-        downtime_target=settings.downtime_target,
-        trigger=trigger,
-    )
-
-
-def _execute(
-    config: Config,
-    plan: Plan,
-    database: DatabaseTarget | None,
-    request: PlanRequest,
-    out: TextIO,
-) -> RunOutcome:
-    """Run the plan with progress on ``out``; write the incident report beside the journal."""
-
+def _show(out: TextIO) -> Callable[[RunEvent], None]:
     def show(event: RunEvent) -> None:
         step = f" {event.step}" if event.step else ""
         detail = f": {event.detail}" if event.detail else ""
         out.write(f"{iso(event.at)}  {event.kind}{step}{detail}\n")
 
-    settings = config.model.rollback
-    executor_settings = ExecutorSettings(
-        downtime_budget=settings.downtime_budget,
-        downtime_target=settings.downtime_target,
-        secrets=database.secrets if database is not None else (),
-    )
-    journal = Journal.in_dir(Path(config.model.sentinel.state_dir))
-    try:
-        outcome = run(plan, journal, on_event=show, settings=executor_settings)
-        report = _report(config, journal, plan.incident_id, request.trigger)
-    finally:
-        journal.close()
-    if report is not None:
-        path = Path(settings.incidents_dir) / f"{plan.incident_id}.md"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(report, encoding="utf-8")
-        out.write(f"incident report: {path}\n")
-    return outcome
+    return show
 
 
 def run_rollback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load(args, err)
     if config is None:
         return EXIT_INVALID
-    state_dir = Path(config.model.sentinel.state_dir)
-    store = SqliteStore.in_dir(state_dir)
-    try:
-        known_good = store.rollback_target()
-    finally:
-        store.close()
-    target = args.to or (known_good.version if known_good is not None else None)
+    target = target_release(config, args.to)
     now = time.time()
     incident = "manual-" + datetime.fromtimestamp(now, UTC).strftime("%Y%m%d-%H%M%S")
     request = PlanRequest(incident, args.playbook, target, args.reason or "manual rollback", now)
     try:
-        plan = build_plan(config, request, os.environ)
-        database = database_target(config, os.environ)
+        plan = plan_rollback(config, request, os.environ)
     except ConfigError as exc:
         report_config_error(config_path(args), exc, err)
         return EXIT_INVALID
@@ -126,16 +83,13 @@ def run_rollback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write("this stops production and rolls it back: add --yes (or --dry-run)\n")
         return EXIT_INVALID
 
-    outcome = _execute(config, plan, database, request, out)
+    result = execute(config, plan, request, os.environ, on_event=_show(out))
+    if result.report_path is not None:
+        out.write(f"incident report: {result.report_path}\n")
+    outcome = result.outcome
     if outcome.status != "succeeded":
         err.write(f"rollback {outcome.status}: {outcome.reason}\n")
         return EXIT_INVALID
-    if target is not None and config.model.rollback.application is not None:
-        store = SqliteStore.in_dir(state_dir)
-        try:
-            store.record_release(target, time.time(), "rollback")
-        finally:
-            store.close()
     downtime = f"{outcome.downtime:.1f}s" if outcome.downtime is not None else "none"
     out.write(f"rollback succeeded; downtime {downtime}\n")
     return EXIT_OK
@@ -157,7 +111,7 @@ def run_incidents(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             finally:
                 store.close()
             trigger = incident.trigger if incident is not None else ""
-            report = _report(config, journal, args.incident, trigger)
+            report = incident_report(config, journal, args.incident, trigger)
             if report is None:
                 err.write(f"no incident {args.incident}\n")
                 return EXIT_INVALID

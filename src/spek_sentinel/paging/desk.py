@@ -113,9 +113,41 @@ class AlertDesk:
     def _trigger(self, decision: Page | Rollback, now: float) -> Alert:
         key = alert_key(decision)
         assert key is not None, "a page or rollback always names its alert"
-        notice = _notice(decision, key, now)
-        kind = "rollback" if isinstance(decision, Rollback) else decision.kind.value
-        rollback_at = decision.not_before if isinstance(decision, Rollback) else None
+        return self._open_or_join(
+            key,
+            _notice(decision, key, now),
+            kind="rollback" if isinstance(decision, Rollback) else decision.kind.value,
+            rule=decision.verdict.rule.name,
+            rollback_at=decision.not_before if isinstance(decision, Rollback) else None,
+            now=now,
+        )
+
+    def raise_alert(
+        self, key: str, summary: str, *, incident: str | None, now: float, evidence: str = ""
+    ) -> Alert:
+        """A critical alert that no rule raised: a rollback halted, a backup failed to verify,
+        the downtime budget was exceeded."""
+        notice = Notice(
+            kind=NoticeKind.TRIGGER,
+            dedup_key=key,
+            summary=summary,
+            urgency=Urgency.CRITICAL,
+            at=now,
+            incident=incident,
+            evidence=evidence,
+        )
+        return self._open_or_join(key, notice, kind=key.partition(":")[0], rule=None, now=now)
+
+    def _open_or_join(
+        self,
+        key: str,
+        notice: Notice,
+        *,
+        kind: str,
+        rule: str | None,
+        now: float,
+        rollback_at: float | None = None,
+    ) -> Alert:
         with self.store.transaction():
             alert = self.store.live(key)
             if alert is None:
@@ -123,11 +155,11 @@ class AlertDesk:
                     Alert(
                         id=0,
                         dedup_key=key,
-                        incident=decision.incident,
+                        incident=notice.incident,
                         kind=kind,
                         urgency=notice.urgency.value,
-                        summary=decision.reason,
-                        rules=(decision.verdict.rule.name,),
+                        summary=notice.summary,
+                        rules=(rule,) if rule else (),
                         playbook=notice.playbook,
                         state=AlertState.OPEN,
                         opened_at=now,
@@ -138,33 +170,25 @@ class AlertDesk:
                     ),
                     notice_to_json(notice),
                 )
-                log.info("alert %s opened (%s): %s", alert.id, key, decision.reason)
+                log.info("alert %s opened (%s): %s", alert.id, key, notice.summary)
             else:
                 rules = alert.rules
-                if decision.verdict.rule.name not in rules:
-                    rules = (*rules, decision.verdict.rule.name)
-                urgency = (
-                    Urgency.CRITICAL.value
-                    if Urgency.CRITICAL.value
-                    in (
-                        alert.urgency,
-                        notice.urgency.value,
-                    )
-                    else notice.urgency.value
-                )
-                notice = replace(notice, urgency=Urgency(urgency))
+                if rule is not None and rule not in rules:
+                    rules = (*rules, rule)
+                critical = Urgency.CRITICAL.value in (alert.urgency, notice.urgency.value)
+                notice = replace(notice, urgency=Urgency.CRITICAL if critical else notice.urgency)
                 alert = replace(
                     alert,
                     kind=kind if kind == "rollback" else alert.kind,
-                    urgency=urgency,
-                    summary=decision.reason,
+                    urgency=notice.urgency.value,
+                    summary=notice.summary,
                     rules=rules,
                     playbook=alert.playbook or notice.playbook,
                     notified_at=now,
                     rollback_at=rollback_at if rollback_at is not None else alert.rollback_at,
                 )
                 self.store.update(alert, notice_to_json(notice))
-                log.info("alert %s updated (%s): %s", alert.id, key, decision.reason)
+                log.info("alert %s updated (%s): %s", alert.id, key, notice.summary)
             self._send(notice, levels_reached(self.escalation, alert.level), now)
         return alert
 
@@ -237,7 +261,10 @@ class AlertDesk:
             }[answer]
             if note:
                 said += f": {note}"
-            self._say(alert, NoticeKind.ACKNOWLEDGE, said, now)
+            # a second acknowledgement (often the pager echoing ours back) is recorded, not
+            # re-sent: that would ping-pong with the pager
+            if acked or answer is not Answer.ACKNOWLEDGE:
+                self._say(alert, NoticeKind.ACKNOWLEDGE, said, now)
         log.info("alert %s %s (via %s)", alert.id, said, source)
         return alert, action
 

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from spek_sentinel.store.base import IncidentRecord, PushedSignal, Release
+from spek_sentinel.store.inbound import INBOUND_MIGRATION
 
 STATE_FILE = "sentinel.sqlite3"
 
@@ -133,6 +134,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alert_actions_pending ON alert_actions (applied_at, id);
     """,
+    INBOUND_MIGRATION,
 )
 
 
