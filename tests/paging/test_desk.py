@@ -134,9 +134,8 @@ def test_acknowledging_stops_escalation_until_the_acknowledgement_times_out(
     [reopened] = desk.escalate(T0 + 21 * MINUTE)
     assert reopened.step == "ack_expired"
     assert desk.store.get(alert.id).state is AlertState.OPEN  # type: ignore[union-attr]
-    # escalation counts again from the re-opening, not from the first page
-    assert [s.step for s in desk.escalate(T0 + 40 * MINUTE)] == ["renotify"]
-    assert [s.step for s in desk.escalate(T0 + 52 * MINUTE)] == ["escalate"]
+    # escalation resumes where it stood: unresolved 30 minutes after it opened -> level 2
+    assert [(s.step, s.level) for s in desk.escalate(T0 + 30 * MINUTE)] == [("escalate", 1)]
 
 
 def test_rejected_answers_change_nothing(desk: AlertDesk, tmp_path: Path) -> None:

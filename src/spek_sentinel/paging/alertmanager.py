@@ -41,7 +41,8 @@ class AlertmanagerSettings:
     """Where and how to post. ``token`` is the already-resolved secret (never logged)."""
 
     url: str  # base URL, such as http://alertmanager:9093 (a route prefix may follow)
-    token: str | None = None  # sent as ``Authorization: Bearer <token>`` when set
+    # sent as ``Authorization: Bearer <token>`` when set
+    token: str | None = field(default=None, repr=False)
     timeout: float = 10.0  # seconds for the whole request
     hold: float = 86400.0  # seconds a firing alert stays up without a re-post or a RESOLVE
     labels: Mapping[str, str] = field(default_factory=dict)  # extra labels for routing (team)

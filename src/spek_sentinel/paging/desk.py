@@ -313,9 +313,9 @@ class AlertDesk:
             prefix = "REMINDER, unacknowledged"
         else:
             pagers = levels_reached(self.escalation, alert.level)
-            alert = replace(
-                alert, state=AlertState.OPEN, escalation_started_at=now, notified_at=now
-            )
+            # escalation resumes where it stood: the runbook counts "not resolved in 30
+            # minutes" from the start, not from the acknowledgement
+            alert = replace(alert, state=AlertState.OPEN, notified_at=now)
             prefix = f"RE-OPENED, acknowledgement by {alert.acked_by} timed out"
         self.store.update(alert)
         self._send(replace(notice, summary=f"{prefix}: {notice.summary}", at=now), pagers, now)
