@@ -1,0 +1,218 @@
+"""The watch loop's parts, wired: probes -> engine and policy -> alerts and pages -> rollbacks.
+
+``poll`` runs one probe and acts on what its samples decide; ``tick`` advances time (sustained
+windows, blindness), carries out humans' answers, starts rollbacks whose veto window is over,
+escalates and delivers the outbox. The daemon schedules both; tests call them directly with an
+injected clock. Every decision is logged with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from spek_sentinel.config import Config
+from spek_sentinel.domain.alerts import Answer, HumanAction
+from spek_sentinel.domain.decisions import Action, Decision, Refused, Rollback
+from spek_sentinel.domain.errors import ConfigError, RollbackError
+from spek_sentinel.engine.sentinel import Sentinel
+from spek_sentinel.paging.base import Delivery, Pager
+from spek_sentinel.paging.desk import AlertDesk
+from spek_sentinel.probes.base import Probe, observe
+from spek_sentinel.service.narrator import RollbackNarrator
+from spek_sentinel.service.rollback_plan import PlanRequest
+from spek_sentinel.service.rollback_run import (
+    RollbackResult,
+    execute,
+    plan_rollback,
+    target_release,
+)
+
+log = logging.getLogger(__name__)
+
+RollbackRunner = Callable[[Rollback, float], RollbackResult | None]
+
+
+@dataclass
+class WatchState:
+    """What the loop is doing now, for /readyz and metrics."""
+
+    last_evaluation: float | None = None
+    rollbacks: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # incident -> task
+    waiting: dict[str, Rollback] = field(default_factory=dict)  # incident -> in veto window
+    deliveries: list[Delivery] = field(default_factory=list)  # the last tick's
+
+
+class Watch:
+    def __init__(
+        self,
+        config: Config,
+        environ: Mapping[str, str],
+        *,
+        desk: AlertDesk,
+        pagers: Mapping[str, Pager],
+        clock: Callable[[], float] = time.time,
+        runner: RollbackRunner | None = None,
+    ) -> None:
+        self.config = config
+        self.environ = environ
+        self.desk = desk
+        self.pagers = pagers
+        self.clock = clock
+        self.sentinel = Sentinel(config.rules, config.policy)
+        self.state = WatchState()
+        self._runner = runner or self._run_rollback
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(pager.aclose() for pager in self.pagers.values()))
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    async def poll(self, probe: Probe) -> list[Decision]:
+        """Run one probe and act on what its samples decide."""
+        samples = await observe(probe, self.clock)
+        now = self.clock()
+        decisions = self.sentinel.observe_many(samples)
+        self.state.last_evaluation = now
+        self.act(decisions, now)
+        return decisions
+
+    async def poll_all(self, probes: Sequence[Probe]) -> list[Decision]:
+        batches = await asyncio.gather(*(self.poll(probe) for probe in probes))
+        return [decision for batch in batches for decision in batch]
+
+    def act(self, decisions: Iterable[Decision], now: float) -> None:
+        for decision in decisions:
+            if decision.action is Action.NONE:
+                continue
+            log.info(
+                "decision %s on %s (%s): %s",
+                decision.action.value,
+                decision.verdict.rule.name,
+                decision.verdict.evidence,
+                decision.reason,
+            )
+            self.desk.handle(decision, now)
+            if isinstance(decision, Rollback):
+                if decision.not_before is not None and decision.not_before > now:
+                    self.state.waiting[decision.incident] = decision
+                else:
+                    self._start(decision, now)
+
+    # -- time and humans ----------------------------------------------------------------------
+
+    async def tick(self) -> list[Delivery]:
+        now = self.clock()
+        self.act(self.sentinel.advance(now), now)
+        self.apply_answers(now)
+        self._start_due(now)
+        self.desk.escalate(now)
+        deliveries = await self.desk.outbox.deliver_due(self.pagers, now)
+        for delivery in deliveries:
+            if not delivery.ok:
+                log.warning("page via %s not delivered: %s", delivery.pager, delivery.detail)
+        self.state.deliveries = deliveries
+        return deliveries
+
+    def apply_answers(self, now: float) -> None:
+        """Carry out every answer humans gave (from any process) exactly once."""
+        for action in self.desk.pending_actions():
+            outcome = self._apply(action, now)
+            self.desk.mark_applied(action, outcome, now)
+
+    def _apply(self, action: HumanAction, now: float) -> str:
+        alert = self.desk.store.get(action.alert_id)
+        incident = alert.incident if alert is not None else None
+        if action.answer is Answer.ACKNOWLEDGE:
+            self.sentinel.acknowledge(now)
+            return f"acknowledged by {action.by}: automatic rollbacks are no longer held for it"
+        if incident is None:
+            return f"{action.answer.value} needs an incident; only acknowledged"
+        if action.answer is Answer.DISMISS:
+            waiting = self.state.waiting.pop(incident, None)
+            said = (
+                self.sentinel.veto(incident, action.by, now)
+                if waiting is not None
+                else self.sentinel.dismiss(incident, action.by, now)
+            )
+            return said.reason if isinstance(said, Refused) else said
+        decision = self.sentinel.approve(incident, action.by, now)
+        if isinstance(decision, Refused):
+            log.warning("rollback approved by %s refused: %s", action.by, decision.reason)
+            return f"refused: {decision.reason}"
+        self.act([decision], now)
+        return f"rollback with playbook {decision.playbook} started"
+
+    def _start_due(self, now: float) -> None:
+        for alert in self.desk.store.due_rollbacks(now):
+            self.desk.rollback_started(alert, now)
+            waiting = self.state.waiting.pop(alert.incident or "", None)
+            if waiting is None:
+                log.warning(
+                    "alert %s waited for a rollback this process did not decide (restarted?):"
+                    " not started; a human decides",
+                    alert.id,
+                )
+                continue
+            self._start(waiting, now)
+
+    # -- rollbacks ----------------------------------------------------------------------------
+
+    def _start(self, decision: Rollback, now: float) -> None:
+        if decision.incident in self.state.rollbacks:
+            log.warning("rollback of %s already running: not started twice", decision.incident)
+            return
+        task = asyncio.get_running_loop().create_task(self._rollback(decision, now))
+        self.state.rollbacks[decision.incident] = task
+
+    async def rollbacks_done(self) -> None:
+        """Wait for every running rollback (tests, shutdown)."""
+        while self.state.rollbacks:
+            await asyncio.gather(*self.state.rollbacks.values(), return_exceptions=True)
+
+    async def _rollback(self, decision: Rollback, now: float) -> None:
+        try:
+            result = await asyncio.to_thread(self._runner, decision, now)
+            if result is not None:
+                log.info(
+                    "rollback of %s %s: %s",
+                    decision.incident,
+                    result.outcome.status,
+                    result.outcome.reason,
+                )
+        except Exception as exc:
+            log.exception("rollback of %s broke", decision.incident)
+            self.desk.raise_alert(
+                f"rollback:{decision.incident}:run_failed",
+                f"rollback of {decision.incident} broke before it finished: {exc}",
+                incident=decision.incident,
+                now=self.clock(),
+            )
+        finally:
+            self.state.rollbacks.pop(decision.incident, None)
+            self.sentinel.rollback_completed(self.clock())
+
+    def _run_rollback(self, decision: Rollback, now: float) -> RollbackResult | None:
+        """Plan and execute; a plan that cannot be made is a critical alert, nothing runs."""
+        request = PlanRequest(
+            decision.incident,
+            decision.playbook,
+            target_release(self.config),
+            trigger=f"{decision.reason} ({decision.verdict.evidence})",
+            started_at=now,
+        )
+        try:
+            plan = plan_rollback(self.config, request, self.environ)
+        except (ConfigError, RollbackError) as exc:
+            self.desk.raise_alert(
+                f"rollback:{decision.incident}:refused",
+                f"cannot roll back {decision.incident} with playbook {decision.playbook}: {exc}",
+                incident=decision.incident,
+                now=self.clock(),
+            )
+            return None
+        narrator = RollbackNarrator(self.desk, plan)
+        return execute(self.config, plan, request, self.environ, on_event=narrator)
