@@ -32,10 +32,12 @@ ROUTING_KEY = "R0UTINGKEY0123456789abcdef012345"
 TABLE = """
 [sentinel]
 state_dir = "{state}"
+veto_window = "60s"
 
 [probes.client]
 kind = "pushed"
 signals.render_fps = {{ unit = "fps", measure = "value" }}
+signals.security_breach = {{ unit = "count", measure = "event" }}
 
 [probes.app]
 kind = "http"
@@ -56,6 +58,13 @@ kind = "threshold"
 severity = "evaluate"
 below = 30
 for = "30s"
+playbook = "performance"
+
+[[rules]]
+name = "security_breach"
+signal = "security_breach"
+kind = "event"
+severity = "immediate"
 playbook = "performance"
 
 [rollback]
@@ -347,6 +356,55 @@ def test_dismiss_holds_the_rollback_and_changes_nothing_else(rig: Rig) -> None:
         assert f"incident {incident} dismissed by bob" in action.outcome
         assert incident_alert(rig, incident).state is AlertState.ACKNOWLEDGED
         assert watch.state.rollbacks == {}
+        assert (rig.tmp / "app.release").read_text(encoding="utf-8").strip() == "v2-bad"
+
+    scenario(rig, steps)
+
+
+async def confirmed_breach(rig: Rig, watch: Watch) -> Alert:
+    """A confirmed security breach: an immediate rule, held for the 60 s veto window."""
+    rig.store.push("security_breach", 1.0, "unauthorized access confirmed", "secops", rig.clock.now)
+    rig.store.push("render_fps", 60.0, "client report", "browser", rig.clock.now)
+    probe = rig.probe()
+    await watch.poll(probe)
+    await probe.aclose()
+    await watch.tick()
+    [alert] = [a for a in rig.desk.store.alerts() if a.kind == "rollback"]
+    assert alert.rollback_at == rig.clock.now + 60
+    return alert
+
+
+def test_an_immediate_rollback_waits_out_its_veto_window_then_runs(rig: Rig) -> None:
+    async def steps(watch: Watch) -> None:
+        alert = await confirmed_breach(rig, watch)
+        [page] = [r.json() for r in rig.pagerduty.received]
+        assert "in 1m unless vetoed" in page["payload"]["summary"]
+        rig.clock.now += 30
+        await watch.tick()
+        assert watch.state.rollbacks == {}  # still inside the window
+        rig.clock.now += 30
+        await watch.tick()
+        assert alert.incident in watch.state.rollbacks
+        await watch.rollbacks_done()
+        assert (rig.tmp / "app.release").read_text(encoding="utf-8").strip() == "v1-good"
+
+    scenario(rig, steps)
+
+
+def test_a_veto_inside_the_window_cancels_the_rollback(rig: Rig) -> None:
+    async def steps(watch: Watch) -> None:
+        alert = await confirmed_breach(rig, watch)
+        rig.clock.now += 20
+        rig.desk.answer(
+            alert.id, Answer.DISMISS, by="carol", note="pen test", source="cli", now=rig.clock.now
+        )
+        await watch.tick()
+        rig.clock.now += 120
+        await watch.tick()
+        assert watch.state.rollbacks == {}
+        [action] = rig.desk.store.actions(alert.id)
+        assert "vetoed by carol" in action.outcome
+        assert watch.sentinel.policy.last_rollback_at is None  # no cooldown from a veto
         assert (rig.tmp / "app.release").read_text(encoding="utf-8").strip() == "v2-bad"
 
     scenario(rig, steps)
