@@ -1,0 +1,29 @@
+"""High availability: leader election with fencing tokens, for running two or three replicas.
+
+``Leadership`` is the contract; ``SingleNode`` (the default SQLite setup) implements it;
+``PostgresFence`` records the highest fencing token in the shared database, where a mutating
+step checks it. See ``leader.py`` for the rules.
+"""
+
+from spek_sentinel.ha.fence import FenceRecord, PostgresFence
+from spek_sentinel.ha.leader import (
+    Leadership,
+    LeaderStatus,
+    NotLeaderError,
+    SingleNode,
+    TokenFence,
+    fencing_guard,
+    maintain,
+)
+
+__all__ = [
+    "FenceRecord",
+    "LeaderStatus",
+    "Leadership",
+    "NotLeaderError",
+    "PostgresFence",
+    "SingleNode",
+    "TokenFence",
+    "fencing_guard",
+    "maintain",
+]
