@@ -8,19 +8,309 @@ at once. A contender that is not ticked is a leader that stopped renewing (pause
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+import redis
 
+from harness.redis_server import RedisServer, RedisTarget
 from harness.wait import wait_until
 from spek_sentinel.ha import (
     Leadership,
+    LeaderStatus,
     NotLeaderError,
     PostgresFence,
+    RedisLeadership,
     SingleNode,
+    fencing_guard,
+    maintain,
 )
+from spek_sentinel.ha.lease import LEASE_MARGIN, LeaseLeadership
+
+TTL = 1.0
+INTERVAL = TTL / 4  # how often the rig ticks a contender: its renew interval
+SLACK = 0.5  # scheduling and round trips on a busy test machine
+LOCK_ID = 7_001
+
+
+class Rig:
+    """Contenders on one event loop, ticked on demand; checks the one-leader invariant."""
+
+    def __init__(self) -> None:
+        self.runner = asyncio.Runner()
+        self.contenders: list[LeaseLeadership] = []
+        self.used: list[int] = []  # every token a contender acted with, in order
+
+    def add(self, contender: LeaseLeadership) -> LeaseLeadership:
+        self.contenders.append(contender)
+        return contender
+
+    def tick(self, *contenders: LeaseLeadership) -> list[LeaderStatus]:
+        statuses = []
+        for contender in contenders:
+            statuses.append(self.runner.run(contender.acquire_or_renew()))
+            self.assert_one_leader()
+        return statuses
+
+    def assert_one_leader(self) -> None:
+        leaders = [c for c in self.contenders if c.is_leader]
+        assert len(leaders) <= 1, f"two leaders at once: {[c.owner_id for c in leaders]}"
+        for leader in leaders:
+            token = leader.token
+            assert token is not None
+            if not self.used or self.used[-1] != token:
+                self.used.append(token)
+
+    def until(
+        self,
+        predicate: Callable[[], bool],
+        *contenders: LeaseLeadership,
+        timeout: float = 15.0,
+        message: str = "condition not met",
+    ) -> None:
+        def step() -> bool:
+            self.tick(*contenders)
+            return predicate()
+
+        wait_until(step, timeout=timeout, interval=INTERVAL, message=message)
+
+    def leader_of(self, *contenders: LeaseLeadership) -> LeaseLeadership:
+        self.until(
+            lambda: any(c.is_leader for c in contenders),
+            *contenders,
+            message="nobody became leader",
+        )
+        return next(c for c in contenders if c.is_leader)
+
+    def close(self) -> None:
+        for contender in self.contenders:
+            self.runner.run(contender.release())
+        self.runner.close()
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    made = Rig()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def acquired_at(status: LeaderStatus) -> float:
+    """The ``now`` of the acquisition or renewal that produced this status."""
+    assert status.expires_at is not None
+    return status.expires_at - TTL * (1 - LEASE_MARGIN)
+
+
+def contender(
+    rig: Rig, target: RedisTarget, owner: str, fence: PostgresFence | None = None
+) -> RedisLeadership:
+    made = RedisLeadership(
+        target.url, target.key("leader"), owner, TTL, renew_interval=INTERVAL, fence=fence
+    )
+    rig.add(made)
+    return made
+
+
+# ---- Redis -------------------------------------------------------------------------------
+
+
+def test_two_redis_contenders_exactly_one_leads(rig: Rig, redis_url: RedisTarget) -> None:
+    a = contender(rig, redis_url, "a")
+    b = contender(rig, redis_url, "b")
+    first, second = rig.tick(a, b)
+    assert first.token is not None and first.holder == "a"
+    # The very first token (a fresh counter) settles for one ttl before acting.
+    assert not first.is_leader and first.settles_at is not None
+    assert not second.is_leader and second.token is None and second.holder == "a"
+
+    assert rig.leader_of(a, b) is a
+    assert not b.is_leader and b.token is None
+    with pytest.raises(NotLeaderError, match="b may not act") as refused:
+        b.fencing_token()
+    assert refused.value.holder == "a"
+    assert "a holds it now" in str(refused.value)
+    a.assert_current(a.fencing_token())
+
+
+def test_the_local_lease_ends_before_the_lock_expires(rig: Rig, redis_url: RedisTarget) -> None:
+    a = contender(rig, redis_url, "a")
+    leader = rig.leader_of(a)
+    status = rig.tick(leader)[0]
+    assert status.is_leader and status.token is not None and status.expires_at is not None
+    leader.assert_current(status.token, now=status.expires_at - 0.01)
+    with pytest.raises(NotLeaderError, match=r"lease .* ran out"):
+        leader.assert_current(status.token, now=status.expires_at)
+    with pytest.raises(NotLeaderError, match="stale"):
+        leader.assert_current(status.token - 1, now=status.expires_at - 0.01)
+    with redis.Redis.from_url(redis_url.url) as client:
+        remaining_ms = client.pttl(redis_url.key("leader"))
+    # The server's expiry is later than the local lease: a follower can take over only
+    # after the former leader stopped acting.
+    assert remaining_ms / 1000 > status.expires_at - time.monotonic()
+
+
+def test_the_follower_takes_over_within_ttl_and_one_renew_interval(
+    rig: Rig, redis_url: RedisTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = contender(rig, redis_url, "a")
+    b = contender(rig, redis_url, "b")
+    assert rig.leader_of(a, b) is a
+    last = rig.tick(a, b)[0]  # a's last renewal; then it stops (paused)
+    old = last.token
+    assert old is not None
+
+    caplog.set_level(logging.INFO, logger="spek_sentinel.ha")
+    rig.until(lambda: b.is_leader, b, message="b did not take over")
+    taken = b.status()
+    assert taken.token is not None and taken.token > old
+    # Not before a's lease ended, and within ttl + one renew interval of a's last renewal.
+    assert last.expires_at is not None and acquired_at(taken) >= last.expires_at
+    assert acquired_at(taken) - acquired_at(last) <= TTL + INTERVAL + SLACK
+    assert f"leadership taken over: b holds {redis_url.key('leader')} with fencing token " in (
+        caplog.text
+    )
+    assert "(took over from a)" in caplog.text
+
+    # a wakes up: its old token is refused, locally, without a round trip...
+    with pytest.raises(NotLeaderError, match="ran out"):
+        a.assert_current(old)
+    # ...and after its next tick it knows who leads now, and has not stolen the lock.
+    status = rig.tick(a)[0]
+    assert not status.is_leader and status.holder == "b"
+    with pytest.raises(NotLeaderError, match="b holds it now"):
+        a.assert_current(old)
+    assert "leadership lost: a no longer leads" in caplog.text
+    with redis.Redis.from_url(redis_url.url, decode_responses=True) as client:
+        assert client.get(redis_url.key("leader")) == "b"
+    again = rig.tick(b)[0]
+    assert again.is_leader and again.token == taken.token
+
+
+def test_renewing_a_lock_someone_else_holds_does_not_steal_it(
+    rig: Rig, redis_url: RedisTarget
+) -> None:
+    a = contender(rig, redis_url, "a")
+    leader = rig.leader_of(a)
+    token = leader.fencing_token()
+    key = redis_url.key("leader")
+    with redis.Redis.from_url(redis_url.url, decode_responses=True) as client:
+        # The lock vanished and another contender took it with a newer token.
+        client.set(key, "intruder", px=5_000)
+        client.incr(f"{key}:token")
+        status = rig.tick(leader)[0]
+        assert not status.is_leader and status.holder == "intruder"
+        assert client.get(key) == "intruder"
+        assert client.pttl(key) > 4_000  # not extended, not deleted
+    with pytest.raises(NotLeaderError, match="intruder holds it now"):
+        leader.assert_current(token)
+
+
+def test_tokens_strictly_increase_across_takeovers(rig: Rig, redis_url: RedisTarget) -> None:
+    contenders = [contender(rig, redis_url, name) for name in ("a", "b", "c")]
+    tokens = []
+    leader = rig.leader_of(*contenders)
+    for round_ in range(4):
+        tokens.append(leader.fencing_token())
+        followers = [c for c in contenders if c is not leader]
+        if round_ % 2:
+            rig.runner.run(leader.release())  # handing over
+        # else: the leader just stops renewing (its lock expires)
+        leader = rig.leader_of(*followers)
+    tokens.append(leader.fencing_token())
+    assert tokens == sorted(set(tokens)), tokens
+    assert rig.used == tokens
+    with redis.Redis.from_url(redis_url.url) as client:
+        assert int(client.get(redis_url.key("leader:token")) or 0) == tokens[-1]
+
+
+def test_a_redis_restart_never_gives_two_leaders_and_the_token_moves_on(
+    rig: Rig, postgres_db: str
+) -> None:
+    fence = PostgresFence(postgres_db, "redis-leader")
+    server = RedisServer()  # our own: this test restarts it
+    try:
+        server.start()
+        target = RedisTarget(url=server.url(), prefix="restart:")
+        a = contender(rig, target, "a", fence=fence)
+        b = contender(rig, target, "b", fence=fence)
+        assert rig.leader_of(a, b) is a
+        rig.runner.run(a.release())
+        assert rig.leader_of(b, a) is b
+        before = list(rig.used)
+        assert before == [1, 2] and fence.highest() == 2
+
+        server.stop()  # no persistence: the lock and the token counter are gone
+        server.start()
+        # A replica that was restarted too knows no token; the fence does.
+        c = contender(rig, target, "c", fence=fence)
+        status = rig.tick(c)[0]
+        assert status.token is not None and status.token > max(before)
+        assert not status.is_leader  # settling: b may still believe it leads
+        # b may still act on its lease for a moment; the rig asserts after every tick that
+        # c does not act before b stopped.
+        rig.until(lambda: c.is_leader, c, a, b, message="c never acted as leader")
+        token = c.fencing_token()
+        assert token == status.token
+        assert rig.used == [*before, token]
+        assert not b.is_leader and b.status().holder == "c"
+
+        assert fence.highest() == token
+        record = fence.current()
+        assert record is not None and record.holder == "c"
+        with pytest.raises(NotLeaderError, match="c holds the newer token"):
+            fence.check(max(before))
+        fence.check(token)
+        fencing_guard(c, fence)(token)
+        with pytest.raises(NotLeaderError):
+            fencing_guard(b, fence)(max(before))
+        with redis.Redis.from_url(target.url) as client:
+            assert int(client.get(target.key("leader:token")) or 0) == token
+    finally:
+        for made in rig.contenders:
+            rig.runner.run(made.release())
+        server.close()
+
+
+def test_a_token_that_cannot_be_recorded_is_not_used(rig: Rig, redis_url: RedisTarget) -> None:
+    fence = PostgresFence("postgresql://postgres@127.0.0.1:1/nowhere", connect_timeout=2)
+    a = contender(rig, redis_url, "a", fence=fence)
+    status = rig.tick(a)[0]
+    assert not status.is_leader and status.token is None
+    with redis.Redis.from_url(redis_url.url) as client:
+        assert client.get(redis_url.key("leader")) is None  # given back for another to try
+
+
+def test_maintain_keeps_leadership_and_releases_it_on_stop(redis_url: RedisTarget) -> None:
+    a = RedisLeadership(redis_url.url, redis_url.key("leader"), "a", TTL)
+    seen: list[LeaderStatus] = []
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        leading = asyncio.Event()
+
+        def on_status(status: LeaderStatus) -> None:
+            seen.append(status)
+            if status.is_leader:
+                leading.set()
+
+        task = asyncio.create_task(maintain(a, stop, on_status))
+        await asyncio.wait_for(leading.wait(), 10)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(scenario())
+    assert isinstance(a, Leadership)
+    assert seen[-1].is_leader and not a.is_leader
+    with redis.Redis.from_url(redis_url.url) as client:
+        assert client.get(redis_url.key("leader")) is None
+
 
 # ---- the fence ---------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """High availability: leader election with fencing tokens, for running two or three replicas.
 
-``Leadership`` is the contract; ``SingleNode`` (the default SQLite setup) implements it;
-``PostgresFence`` records the highest fencing token in the shared database, where a mutating
-step checks it. See ``leader.py`` for the rules.
+``Leadership`` is the contract; ``SingleNode`` (the default SQLite setup) and
+``RedisLeadership`` implement it; ``PostgresFence`` records the highest fencing token in
+the shared database, where a mutating step checks it. See ``leader.py`` for the rules.
 """
 
 from spek_sentinel.ha.fence import FenceRecord, PostgresFence
@@ -15,6 +15,7 @@ from spek_sentinel.ha.leader import (
     fencing_guard,
     maintain,
 )
+from spek_sentinel.ha.redis_lock import RedisLeadership
 
 __all__ = [
     "FenceRecord",
@@ -22,6 +23,7 @@ __all__ = [
     "Leadership",
     "NotLeaderError",
     "PostgresFence",
+    "RedisLeadership",
     "SingleNode",
     "TokenFence",
     "fencing_guard",
