@@ -25,6 +25,7 @@ from spek_sentinel.ha import (
     LeaderStatus,
     NotLeaderError,
     PostgresFence,
+    PostgresLeadership,
     RedisLeadership,
     SingleNode,
     fencing_guard,
@@ -310,6 +311,67 @@ def test_maintain_keeps_leadership_and_releases_it_on_stop(redis_url: RedisTarge
     assert seen[-1].is_leader and not a.is_leader
     with redis.Redis.from_url(redis_url.url) as client:
         assert client.get(redis_url.key("leader")) is None
+
+
+# ---- PostgreSQL advisory lock --------------------------------------------------------------
+
+
+def pg_contender(rig: Rig, dsn: str, owner: str) -> PostgresLeadership:
+    made = PostgresLeadership(dsn, LOCK_ID, owner, TTL, renew_interval=INTERVAL)
+    rig.add(made)
+    return made
+
+
+def terminate(dsn: str, owner: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = %s AND datname = current_database()",
+            (owner,),
+        ).fetchall()
+    assert rows == [(True,)]
+
+
+def test_postgres_one_contender_wins_and_a_killed_session_hands_over(
+    rig: Rig, postgres_db: str
+) -> None:
+    a = pg_contender(rig, postgres_db, "a")
+    b = pg_contender(rig, postgres_db, "b")
+    first, second = rig.tick(a, b)
+    assert first.token is not None and not first.is_leader  # settles: the lock cannot expire
+    assert second.token is None and second.holder == "a"
+    assert rig.leader_of(a, b) is a
+    old = a.fencing_token()
+
+    terminate(postgres_db, "a")
+    # b ticks first: the server freed a's lock with its session, and a does not know yet.
+    taken = rig.tick(b)[0]
+    assert taken.token is not None and taken.token > old
+    assert a.is_leader and not taken.is_leader  # b settles until a's lease has ended
+    assert rig.leader_of(b, a) is b
+    assert b.fencing_token() == taken.token
+    with pytest.raises(NotLeaderError, match="b holds it now"):
+        a.assert_current(old)
+    assert rig.used == [old, taken.token]
+
+
+def test_postgres_leader_that_stops_renewing_loses_the_lock(rig: Rig, postgres_db: str) -> None:
+    a = pg_contender(rig, postgres_db, "a")
+    b = pg_contender(rig, postgres_db, "b")
+    assert rig.leader_of(a, b) is a
+    last = rig.tick(a)[0]
+    assert last.token is not None
+
+    # a stops renewing (a paused process keeps its TCP connection open); the server ends the
+    # idle session after one ttl, and the lock with it.
+    rig.until(lambda: b.status().token is not None, b, message="b never got the lock")
+    taken = b.status()
+    assert taken.token is not None and taken.token > last.token
+    assert acquired_at(taken) - acquired_at(last) <= TTL + INTERVAL + SLACK
+    with pytest.raises(NotLeaderError):
+        a.assert_current(last.token)
+    assert rig.leader_of(b, a) is b
+    assert rig.tick(a)[0].holder == "b"
 
 
 # ---- the fence ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """High availability: leader election with fencing tokens, for running two or three replicas.
 
-``Leadership`` is the contract; ``SingleNode`` (the default SQLite setup) and
-``RedisLeadership`` implement it; ``PostgresFence`` records the highest fencing token in
+``Leadership`` is the contract; ``SingleNode`` (the default SQLite setup), ``RedisLeadership``
+and ``PostgresLeadership`` implement it; ``PostgresFence`` records the highest fencing token in
 the shared database, where a mutating step checks it. See ``leader.py`` for the rules.
 """
 
@@ -15,6 +15,7 @@ from spek_sentinel.ha.leader import (
     fencing_guard,
     maintain,
 )
+from spek_sentinel.ha.postgres_lock import PostgresLeadership
 from spek_sentinel.ha.redis_lock import RedisLeadership
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Leadership",
     "NotLeaderError",
     "PostgresFence",
+    "PostgresLeadership",
     "RedisLeadership",
     "SingleNode",
     "TokenFence",
