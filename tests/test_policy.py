@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from builders import STEP, T0, error_rate_rule, rule, series
 from spek_sentinel.domain.decisions import (
     Action,
@@ -263,3 +265,33 @@ def test_without_a_veto_window_the_rollback_is_immediate() -> None:
     sentinel = Sentinel([error_rate_rule()])
     rollback = next(d for d in fire_error_rate(sentinel, T0) if isinstance(d, Rollback))
     assert rollback.not_before is None and rollback.approved_by is None
+
+
+def test_policy_state_survives_a_restart_and_recovery_closes_the_restored_incident() -> None:
+    before = Sentinel([error_rate_rule()], PolicySettings(cooldown=HOUR))
+    decisions = before.observe_many(series("error_rate", [BAD] * 24))
+    rollback = next(d for d in decisions if isinstance(d, Rollback))
+    saved = json.loads(json.dumps(before.snapshot()))  # what the state store keeps
+
+    after = Sentinel([error_rate_rule()], PolicySettings(cooldown=HOUR))
+    assert after.restore(saved) is None
+    policy = after.policy
+    assert policy.incident is not None and policy.incident.id == rollback.incident
+    assert (policy.last_rollback_at, policy.awaiting_ack) == (rollback.verdict.at, True)
+    # still firing after the restart: no second rollback, the incident is joined
+    again = after.observe_many(series("error_rate", [BAD] * 4, start=T0 + 24 * STEP))
+    assert not any(isinstance(d, Rollback) for d in again)
+    # recovery resolves the restored rule and closes the restored incident
+    good = after.observe_many(series("error_rate", [GOOD] * 4, start=T0 + 28 * STEP))
+    closing = [d for d in good if isinstance(d, Resolve)]
+    assert [(c.incident, c.incident_closed) for c in closing] == [(rollback.incident, True)]
+
+
+def test_a_restored_incident_whose_rules_are_gone_is_closed_and_named() -> None:
+    before = Sentinel([error_rate_rule()])
+    before.observe_many(series("error_rate", [BAD] * 24))
+    saved = before.snapshot()
+    after = Sentinel([error_rate_rule(name="renamed_rule")])
+    closed = after.restore(saved)
+    assert closed is not None and after.policy.incident is None
+    assert after.policy.last_rollback_at is not None  # the cooldown still holds

@@ -25,6 +25,7 @@ from spek_sentinel.probes.registry import build_probes
 from spek_sentinel.rollback.journal import Journal
 from spek_sentinel.service.watch import Watch
 from spek_sentinel.store.sqlite import SqliteStore
+from spek_sentinel.store.state import StateDocuments
 
 WEBHOOK_SECRET = "watch-test-webhook-secret"  # noqa: S105 -- test values
 ROUTING_KEY = "R0UTINGKEY0123456789abcdef012345"
@@ -162,6 +163,7 @@ class Rig:
             tmp / "state", self.config.escalation, self.config.notice_pagers
         )
         self.store = SqliteStore.in_dir(tmp / "state")
+        self.documents = StateDocuments.in_dir(tmp / "state")
         self.store.record_release("v1-good", self.clock.now - 7200, "deploy")
         self.store.mark_healthy(self.clock.now - 7200, True, 0)
         self.store.record_release("v2-bad", self.clock.now - 60, "deploy")
@@ -173,6 +175,7 @@ class Rig:
             desk=self.desk,
             pagers=build_pagers(self.config, self.environ),
             clock=self.clock,
+            documents=self.documents,
         )
 
     def probe(self) -> PushedSignalsProbe:
@@ -184,6 +187,7 @@ class Rig:
     def close(self) -> None:
         self.desk.close()
         self.store.close()
+        self.documents.close()
         for receiver in (self.relay, self.slack, self.pagerduty, self.lead, self.app):
             receiver.close()
 
@@ -408,3 +412,51 @@ def test_a_veto_inside_the_window_cancels_the_rollback(rig: Rig) -> None:
         assert (rig.tmp / "app.release").read_text(encoding="utf-8").strip() == "v2-bad"
 
     scenario(rig, steps)
+
+
+def test_a_restart_keeps_the_incident_and_its_alert_and_starts_no_second_one(rig: Rig) -> None:
+    async def before(watch: Watch) -> None:
+        await breach(rig, watch)
+
+    scenario(rig, before)
+    [alert] = rig.desk.store.alerts()
+
+    async def after(watch: Watch) -> None:
+        watch.recover(rig.clock.now)
+        incident = watch.sentinel.policy.incident
+        assert incident is not None and incident.id == alert.incident
+        probe = rig.probe()
+        rig.store.push("render_fps", 11.0, "client report", "browser", rig.clock.now)
+        for _ in range(4):
+            await watch.poll(probe)
+            rig.clock.now += 15
+        rig.store.push("render_fps", 60.0, "client report", "browser", rig.clock.now)
+        await watch.poll(probe)
+        await probe.aclose()
+        await watch.tick()
+
+    scenario(rig, after)
+    [same] = rig.desk.store.alerts(include_resolved=True)
+    assert same.id == alert.id  # still firing after the restart: no second alert
+    assert same.state is AlertState.RESOLVED  # recovery after the restart closed it
+    resolves = [b for b in bodies(rig.pagerduty.received) if b["event_action"] == "resolve"]
+    assert [r["dedup_key"] for r in resolves] == [alert.incident]
+
+
+def test_a_rollback_waiting_in_its_veto_window_still_runs_after_a_restart(rig: Rig) -> None:
+    alerts: list[Alert] = []
+
+    async def before(watch: Watch) -> None:
+        alerts.append(await confirmed_breach(rig, watch))
+
+    scenario(rig, before)
+
+    async def after(watch: Watch) -> None:
+        watch.recover(rig.clock.now)
+        assert set(watch.state.waiting) == {alerts[0].incident}
+        rig.clock.now += 61
+        await watch.tick()
+        await watch.rollbacks_done()
+
+    scenario(rig, after)
+    assert (rig.tmp / "app.release").read_text(encoding="utf-8").strip() == "v1-good"

@@ -131,6 +131,17 @@ class Engine:
             if machine.rule.phase == phase:
                 machine.rearm()
 
+    def resume_firing(self, names: Iterable[str]) -> set[str]:
+        """Put the named rules back in FIRING after a restart; returns those it could (a split
+        rule's series exist only once seen again)."""
+        wanted = set(names)
+        resumed = set()
+        for machine in self._machines:
+            if machine.rule.name in wanted:
+                machine.resume_firing()
+                resumed.add(machine.rule.name)
+        return resumed
+
     def _all_machines(self) -> list[RuleMachine]:
         return self._machines + [m for g in self._groups for m in g.machines.values()]
 

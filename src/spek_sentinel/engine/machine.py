@@ -218,3 +218,9 @@ class RuleMachine:
         self.breach_count = 0
         self.clear_since = None
         self.last_breach_at = float("-inf")
+
+    def resume_firing(self) -> None:
+        """Start as FIRING (after a restart, for a rule that was firing): the next clear
+        samples resolve it through ``keep_firing_for`` as if the process had never stopped."""
+        self.state = _FIRING
+        self.clear_since = None

@@ -8,7 +8,9 @@ Rules that fire while an incident is open join it; the incident closes when none
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from spek_sentinel.domain.decisions import (
     Decision,
@@ -38,6 +40,63 @@ class Policy:
         self._validation_paged: set[str] = set()
         self._blind: dict[str, set[str]] = {}  # signal -> rules blind on it
         self._incident_count = 0
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, object]:
+        """What must survive a restart, as JSON-able values: the open incident, the cooldown,
+        the loop guard, a running rollback, the monitoring period. Rule states are not kept:
+        the engine re-derives them from fresh samples (a rule firing before the restart fires
+        again and joins the restored incident)."""
+        incident = self.incident
+        return {
+            "version": 1,
+            "incident": None
+            if incident is None
+            else {
+                "id": incident.id,
+                "opened_at": incident.opened_at,
+                "rules": list(incident.rules),
+                "firing": sorted(incident.firing),
+                "playbook": incident.playbook,
+                "rolled_back_at": incident.rolled_back_at,
+                "held_by": incident.held_by,
+            },
+            "last_rollback_at": self.last_rollback_at,
+            "last_rollback_before": self._last_rollback_before,
+            "awaiting_ack": self.awaiting_ack,
+            "rollback_running": self.rollback_running,
+            "monitor_until": None if self.monitor_until == float("-inf") else self.monitor_until,
+            "validation_paged": sorted(self._validation_paged),
+            "incident_count": self._incident_count,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take back a ``snapshot``; raises ValueError for one this version cannot read."""
+        if state.get("version") != 1:
+            raise ValueError(f"unknown policy state version {state.get('version')!r}")
+        saved = state.get("incident")
+        self.incident = (
+            None
+            if saved is None
+            else Incident(
+                id=str(saved["id"]),
+                opened_at=float(saved["opened_at"]),
+                rules=[str(r) for r in saved["rules"]],
+                firing={str(r) for r in saved["firing"]},
+                playbook=saved["playbook"],
+                rolled_back_at=saved["rolled_back_at"],
+                held_by=saved["held_by"],
+            )
+        )
+        self.last_rollback_at = state["last_rollback_at"]
+        self._last_rollback_before = state["last_rollback_before"]
+        self.awaiting_ack = bool(state["awaiting_ack"])
+        self.rollback_running = bool(state["rollback_running"])
+        monitor_until = state["monitor_until"]
+        self.monitor_until = float("-inf") if monitor_until is None else float(monitor_until)
+        self._validation_paged = {str(name) for name in state["validation_paged"]}
+        self._incident_count = int(state["incident_count"])
 
     # -- human input --------------------------------------------------------------------------
 
@@ -167,7 +226,7 @@ class Policy:
         incident = self._open_incident(at)
         if rule.name not in incident.rules:
             incident.rules.append(rule.name)
-            incident.verdicts[rule.name] = verdict
+        incident.verdicts[rule.name] = verdict
         incident.firing.add(rule.name)
         if rule.severity is Severity.EVALUATE:
             if incident.rolled_back_at is not None:

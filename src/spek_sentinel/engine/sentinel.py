@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from spek_sentinel.domain.decisions import Decision, Refused, Rollback
 from spek_sentinel.domain.rules import Rule
@@ -49,6 +50,24 @@ class Sentinel:
         again after the rollback to page."""
         self.policy.rollback_completed(at)
         self.engine.rearm("post_rollback")
+
+    def snapshot(self) -> dict[str, object]:
+        return self.policy.snapshot()
+
+    def restore(self, state: Mapping[str, Any]) -> str | None:
+        """Take back the policy's state after a restart; rules of the open incident that were
+        firing start as FIRING, so recovery resolves them and closes the incident. Returns the
+        id of an incident closed here because none of its rules can fire again (a split
+        rule's series are only known once seen)."""
+        self.policy.restore(state)
+        incident = self.policy.incident
+        if incident is None:
+            return None
+        incident.firing &= self.engine.resume_firing(incident.firing)
+        if incident.firing:
+            return None
+        self.policy.incident = None
+        return incident.id
 
     def acknowledge(self, at: float) -> None:
         self.policy.acknowledge(at)

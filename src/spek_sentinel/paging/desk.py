@@ -197,16 +197,18 @@ class AlertDesk:
         closes = decision.verdict.sight_restored or decision.verdict.rule.phase == "post_rollback"
         if key is None or not (decision.incident_closed or closes):
             return None
+        return self.resolve(key, decision.reason, now)
+
+    def resolve(self, key: str, reason: str, now: float) -> Alert | None:
+        """Resolve the live alert with ``key`` for a reason no decision carries (a restart)."""
         with self.store.transaction():
             alert = self.store.live(key)
             if alert is None:
                 return None
-            alert = replace(
-                alert, state=AlertState.RESOLVED, resolved_at=now, resolution=decision.reason
-            )
+            alert = replace(alert, state=AlertState.RESOLVED, resolved_at=now, resolution=reason)
             self.store.update(alert)
-            self._say(alert, NoticeKind.RESOLVE, f"resolved: {decision.reason}", now)
-        log.info("alert %s resolved: %s", alert.id, decision.reason)
+            self._say(alert, NoticeKind.RESOLVE, f"resolved: {reason}", now)
+        log.info("alert %s resolved: %s", alert.id, reason)
         return alert
 
     # -- humans -------------------------------------------------------------------------------

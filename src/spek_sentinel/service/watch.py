@@ -13,15 +13,18 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from spek_sentinel.config import Config
 from spek_sentinel.domain.alerts import Answer, HumanAction
 from spek_sentinel.domain.decisions import Action, Decision, Refused, Rollback
 from spek_sentinel.domain.errors import ConfigError, RollbackError
+from spek_sentinel.domain.samples import Sample
 from spek_sentinel.engine.sentinel import Sentinel
 from spek_sentinel.paging.base import Delivery, Pager
 from spek_sentinel.paging.desk import AlertDesk
 from spek_sentinel.probes.base import Probe, observe
+from spek_sentinel.rollback.journal import Journal
 from spek_sentinel.service.narrator import RollbackNarrator
 from spek_sentinel.service.rollback_plan import PlanRequest
 from spek_sentinel.service.rollback_run import (
@@ -30,10 +33,29 @@ from spek_sentinel.service.rollback_run import (
     plan_rollback,
     target_release,
 )
+from spek_sentinel.store.sqlite import SqliteStore
+from spek_sentinel.store.state import POLICY, StateDocuments
 
 log = logging.getLogger(__name__)
 
-RollbackRunner = Callable[[Rollback, float], RollbackResult | None]
+
+@dataclass(frozen=True, slots=True)
+class RollbackOrder:
+    """A rollback to run: decided by the policy now, or recovered from the state after a
+    restart (then its target release is the one the incident record names)."""
+
+    incident: str
+    playbook: str
+    reason: str
+    evidence: str = ""
+    target_release: str | None = None
+
+    @classmethod
+    def of(cls, decision: Rollback) -> RollbackOrder:
+        return cls(decision.incident, decision.playbook, decision.reason, decision.verdict.evidence)
+
+
+RollbackRunner = Callable[[RollbackOrder, float], RollbackResult | None]
 
 
 @dataclass
@@ -42,7 +64,8 @@ class WatchState:
 
     last_evaluation: float | None = None
     rollbacks: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # incident -> task
-    waiting: dict[str, Rollback] = field(default_factory=dict)  # incident -> in veto window
+    waiting: dict[str, RollbackOrder] = field(default_factory=dict)  # incident -> veto window
+    orphan_blind: set[str] = field(default_factory=set)  # blind alerts from before a restart
     deliveries: list[Delivery] = field(default_factory=list)  # the last tick's
 
 
@@ -56,6 +79,7 @@ class Watch:
         pagers: Mapping[str, Pager],
         clock: Callable[[], float] = time.time,
         runner: RollbackRunner | None = None,
+        documents: StateDocuments | None = None,
     ) -> None:
         self.config = config
         self.environ = environ
@@ -65,6 +89,7 @@ class Watch:
         self.sentinel = Sentinel(config.rules, config.policy)
         self.state = WatchState()
         self._runner = runner or self._run_rollback
+        self.documents = documents
 
     async def aclose(self) -> None:
         await asyncio.gather(*(pager.aclose() for pager in self.pagers.values()))
@@ -78,6 +103,8 @@ class Watch:
         decisions = self.sentinel.observe_many(samples)
         self.state.last_evaluation = now
         self.act(decisions, now)
+        if self.state.orphan_blind:
+            self._resolve_orphan_blindness(samples, now)
         return decisions
 
     async def poll_all(self, probes: Sequence[Probe]) -> list[Decision]:
@@ -85,6 +112,7 @@ class Watch:
         return [decision for batch in batches for decision in batch]
 
     def act(self, decisions: Iterable[Decision], now: float) -> None:
+        acted = False
         for decision in decisions:
             if decision.action is Action.NONE:
                 continue
@@ -97,10 +125,14 @@ class Watch:
             )
             self.desk.handle(decision, now)
             if isinstance(decision, Rollback):
+                order = RollbackOrder.of(decision)
                 if decision.not_before is not None and decision.not_before > now:
-                    self.state.waiting[decision.incident] = decision
+                    self.state.waiting[decision.incident] = order
                 else:
-                    self._start(decision, now)
+                    self._start(order, now)
+            acted = True
+        if acted:
+            self.save(now)
 
     # -- time and humans ----------------------------------------------------------------------
 
@@ -119,9 +151,12 @@ class Watch:
 
     def apply_answers(self, now: float) -> None:
         """Carry out every answer humans gave (from any process) exactly once."""
-        for action in self.desk.pending_actions():
+        actions = self.desk.pending_actions()
+        for action in actions:
             outcome = self._apply(action, now)
             self.desk.mark_applied(action, outcome, now)
+        if actions:
+            self.save(now)
 
     def _apply(self, action: HumanAction, now: float) -> str:
         alert = self.desk.store.get(action.alert_id)
@@ -146,6 +181,81 @@ class Watch:
         self.act([decision], now)
         return f"rollback with playbook {decision.playbook} started"
 
+    # -- restarts -----------------------------------------------------------------------------
+
+    def save(self, now: float) -> None:
+        if self.documents is not None:
+            self.documents.save(POLICY, self.sentinel.snapshot(), now)
+
+    def recover(self, now: float) -> None:
+        """After a restart: take back the policy's state, resume a rollback that was running
+        (the executor continues it from its journal, never from the first step), wait again
+        for one in its veto window, and start one decided but never started."""
+        saved = self.documents.load(POLICY) if self.documents is not None else None
+        self.state.orphan_blind = {
+            alert.dedup_key for alert in self.desk.store.alerts() if alert.kind == "blind"
+        }
+        if saved is None:
+            return
+        closed = self.sentinel.restore(saved)
+        if closed is not None:
+            self.desk.resolve(closed, "closed after a restart: none of its rules fires", now)
+        policy = self.sentinel.policy
+        incident = policy.incident
+        log.info(
+            "policy state restored: incident %s, last rollback %s, awaiting acknowledgement %s",
+            incident.id if incident else None,
+            policy.last_rollback_at,
+            policy.awaiting_ack,
+        )
+        if not policy.rollback_running:
+            return
+        if incident is None or incident.playbook is None:
+            self.sentinel.rollback_completed(now)
+            return
+        order = self._recovered_order(incident.id, incident.playbook)
+        waiting = self.desk.store.live(incident.id)
+        if order is None:
+            log.info("rollback of %s already ended before the restart", incident.id)
+            self.sentinel.rollback_completed(now)
+        elif waiting is not None and waiting.rollback_at is not None:
+            log.info("rollback of %s waits for its veto window again", incident.id)
+            self.state.waiting[incident.id] = order
+        else:
+            log.warning(
+                "rollback of %s was running or decided at the restart: resuming", order.incident
+            )
+            self._start(order, now)
+        self.save(now)
+
+    def _recovered_order(self, incident: str, playbook: str) -> RollbackOrder | None:
+        """The order to resume, or None when the journal says the run already ended."""
+        state_dir = Path(self.config.model.sentinel.state_dir)
+        journal = Journal.in_dir(state_dir)
+        try:
+            run = journal.run(incident)
+        finally:
+            journal.close()
+        if run is not None and run.status != "running":
+            return None
+        store = SqliteStore.in_dir(state_dir)
+        try:
+            record = store.incident(incident)
+        finally:
+            store.close()
+        if record is not None:
+            return RollbackOrder(
+                incident, record.playbook, record.trigger, target_release=record.target_release
+            )
+        return RollbackOrder(incident, playbook, "decided before a restart")
+
+    def _resolve_orphan_blindness(self, samples: Iterable[Sample], now: float) -> None:
+        for sample in samples:
+            key = f"blind:{sample.signal}"
+            if sample.usable and key in self.state.orphan_blind:
+                self.state.orphan_blind.discard(key)
+                self.desk.resolve(key, f"sentinel sees {sample.signal} again", now)
+
     def _start_due(self, now: float) -> None:
         for alert in self.desk.store.due_rollbacks(now):
             self.desk.rollback_started(alert, now)
@@ -161,19 +271,19 @@ class Watch:
 
     # -- rollbacks ----------------------------------------------------------------------------
 
-    def _start(self, decision: Rollback, now: float) -> None:
-        if decision.incident in self.state.rollbacks:
-            log.warning("rollback of %s already running: not started twice", decision.incident)
+    def _start(self, order: RollbackOrder, now: float) -> None:
+        if order.incident in self.state.rollbacks:
+            log.warning("rollback of %s already running: not started twice", order.incident)
             return
-        task = asyncio.get_running_loop().create_task(self._rollback(decision, now))
-        self.state.rollbacks[decision.incident] = task
+        task = asyncio.get_running_loop().create_task(self._rollback(order, now))
+        self.state.rollbacks[order.incident] = task
 
     async def rollbacks_done(self) -> None:
         """Wait for every running rollback (tests, shutdown)."""
         while self.state.rollbacks:
             await asyncio.gather(*self.state.rollbacks.values(), return_exceptions=True)
 
-    async def _rollback(self, decision: Rollback, now: float) -> None:
+    async def _rollback(self, decision: RollbackOrder, now: float) -> None:
         try:
             result = await asyncio.to_thread(self._runner, decision, now)
             if result is not None:
@@ -194,14 +304,16 @@ class Watch:
         finally:
             self.state.rollbacks.pop(decision.incident, None)
             self.sentinel.rollback_completed(self.clock())
+            self.save(self.clock())
 
-    def _run_rollback(self, decision: Rollback, now: float) -> RollbackResult | None:
+    def _run_rollback(self, decision: RollbackOrder, now: float) -> RollbackResult | None:
         """Plan and execute; a plan that cannot be made is a critical alert, nothing runs."""
+        evidence = f" ({decision.evidence})" if decision.evidence else ""
         request = PlanRequest(
             decision.incident,
             decision.playbook,
-            target_release(self.config),
-            trigger=f"{decision.reason} ({decision.verdict.evidence})",
+            decision.target_release or target_release(self.config),
+            trigger=f"{decision.reason}{evidence}",
             started_at=now,
         )
         try:

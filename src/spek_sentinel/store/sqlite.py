@@ -135,6 +135,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX alert_actions_pending ON alert_actions (applied_at, id);
     """,
     INBOUND_MIGRATION,
+    """
+    CREATE TABLE sentinel_state (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        saved_at REAL NOT NULL
+    );
+    """,
 )
 
 
