@@ -545,3 +545,20 @@ def test_crash_in_a_destructive_step_halts_and_runs_nothing_after_it(
     again = run(plan, journal)  # a halted rollback stays halted until a human acts
     assert again.status == "halted" and again.already_finished
     assert lines(child_dir) == ["backup", "stop", "block started"]
+
+
+def test_a_guard_that_refuses_the_token_stops_the_run_before_the_next_step(
+    journal: Journal,
+) -> None:
+    calls = Calls()
+    allowed = {"steps": 2}
+
+    def guard(token: int) -> None:
+        assert token == 7
+        if len(calls.names) >= allowed["steps"]:
+            raise RuntimeError("leadership lost to replica-b (token 8)")
+
+    outcome = run(runbook_plan(calls), journal, FakeClock(), fencing_token=7, guard=guard)
+    assert outcome.status == "fenced"
+    assert "not the leader any more" in outcome.reason and "replica-b" in outcome.reason
+    assert len(calls.names) == 2  # nothing ran after the guard refused

@@ -266,9 +266,12 @@ def run(
     *,
     fencing_token: int = 0,
     settings: ExecutorSettings | None = None,
+    guard: Callable[[int], None] | None = None,
 ) -> RunOutcome:
     """Run (or resume) the plan's rollback. Never raises for a failed rollback: the outcome
-    says what happened, and the caller pages on anything but ``succeeded``."""
+    says what happened, and the caller pages on anything but ``succeeded``. ``guard`` is
+    called with the fencing token before each step is claimed and raises when this process
+    is no longer the leader (high availability): the run then stops as ``fenced``."""
     with holding(Owner.new()) as owner:
         runner = _Runner(
             plan,
@@ -278,6 +281,7 @@ def run(
             token=fencing_token,
             settings=settings or ExecutorSettings(),
             owner=owner,
+            guard=guard,
         )
         return runner.execute()
 
@@ -300,7 +304,9 @@ class _Runner:
         token: int,
         settings: ExecutorSettings,
         owner: Owner,
+        guard: Callable[[int], None] | None = None,
     ) -> None:
+        self.guard = guard
         self.plan = plan
         self.journal = journal
         self.clock = clock
@@ -416,6 +422,11 @@ class _Runner:
     def _run_step(
         self, index: int, step: Step, again: bool, backup: VerifiedBackup | None
     ) -> StepRecord:
+        if self.guard is not None:
+            try:
+                self.guard(self.token)
+            except Exception as exc:
+                raise StaleTokenError(f"not the leader any more: {_describe(exc)}") from exc
         claimed = self.journal.claim_step(
             self.incident,
             index,

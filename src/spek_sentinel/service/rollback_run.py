@@ -65,6 +65,7 @@ def execute(
     *,
     on_event: Callable[[RunEvent], None] | None = None,
     fencing_token: int = 0,
+    guard: Callable[[int], None] | None = None,
 ) -> RollbackResult:
     """Run ``plan``; write the incident report under the incidents dir; when it succeeded,
     record the release it landed on. Blocking: call it from a worker thread in the daemon."""
@@ -84,6 +85,7 @@ def execute(
             on_event=on_event,
             fencing_token=fencing_token,
             settings=executor_settings,
+            guard=guard,
         )
         report = incident_report(config, journal, plan.incident_id, request.trigger)
     finally:
