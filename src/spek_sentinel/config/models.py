@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from spek_sentinel.config.paging import (
     EscalationSettings,
@@ -39,6 +39,32 @@ class ApiSettings(StrictModel):
     listen: str = "127.0.0.1:9102"
     token_env: str | None = None
     token_file: str | None = None
+
+
+class HaSettings(StrictModel):
+    """Leader election for two or three replicas (spek_sentinel.ha). Only the leader starts
+    rollbacks, escalates and sends pages; the others evaluate and serve read-only routes."""
+
+    backend: Literal["none", "redis", "postgres"] = "none"
+    url_env: str | None = None  # the Redis URL or PostgreSQL DSN (a secret: env or file)
+    url_file: str | None = None
+    fence_dsn_env: str | None = None  # PostgreSQL holding the fence (highest token)
+    fence_dsn_file: str | None = None
+    key: str = "spek-sentinel:leader"  # Redis key
+    lock_id: int = 0x5E4C  # PostgreSQL advisory lock id
+    ttl: PositiveDuration = 15.0
+    replica: str | None = None  # this replica's name (default: host name and pid)
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> HaSettings:
+        given = (self.url_env is not None) + (self.url_file is not None)
+        if self.backend == "none" and given:
+            raise ValueError("url_env / url_file need backend = 'redis' or 'postgres'")
+        if self.backend != "none" and given != 1:
+            raise ValueError(f"backend '{self.backend}' needs exactly one of url_env, url_file")
+        if self.fence_dsn_env is not None and self.fence_dsn_file is not None:
+            raise ValueError("set fence_dsn_env or fence_dsn_file, not both")
+        return self
 
 
 class Defaults(StrictModel):
@@ -134,6 +160,7 @@ class Validation(StrictModel):
 class ConfigModel(StrictModel):
     sentinel: SentinelSettings = SentinelSettings()
     api: ApiSettings = ApiSettings()
+    ha: HaSettings = HaSettings()
     defaults: Defaults = Defaults()
     probes: dict[Name, Probe] = Field(min_length=1)
     playbooks: dict[Name, PlaybookModel] = {}

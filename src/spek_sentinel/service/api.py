@@ -21,7 +21,7 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
@@ -31,7 +31,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from spek_sentinel.config import Config
 from spek_sentinel.domain.alerts import (
@@ -380,6 +380,7 @@ def create_app(
     *,
     desk: AlertDesk | None = None,
     inbound: InboundSecrets | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The API app. ``desk``: serve alerts and take answers (without it the alert routes do not
     exist); ``inbound``: the secrets that authenticate PagerDuty and Slack answers (without one,
@@ -408,13 +409,14 @@ def create_app(
 
     state_file = Path(config.model.sentinel.state_dir) / STATE_FILE
     answers = _InboundRoutes(desk, inbound, clock, state_file)
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/api/v1/signals", post_signal, methods=["POST"]),
         Route("/api/v1/signals", list_signals, methods=["GET"]),
         *answers.routes(),
     ]
     if desk is not None:
         routes += _AlertRoutes(desk, token, clock).routes()
+    routes += extra_routes
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.inbound_rejected = answers.rejected
     return app

@@ -21,10 +21,12 @@ from spek_sentinel.domain.decisions import Action, Decision, Refused, Rollback
 from spek_sentinel.domain.errors import ConfigError, RollbackError
 from spek_sentinel.domain.samples import Sample
 from spek_sentinel.engine.sentinel import Sentinel
+from spek_sentinel.ha.leader import Leadership, SingleNode
 from spek_sentinel.paging.base import Delivery, Pager
 from spek_sentinel.paging.desk import AlertDesk
 from spek_sentinel.probes.base import Probe, observe
 from spek_sentinel.rollback.journal import Journal
+from spek_sentinel.service.metrics import Metrics
 from spek_sentinel.service.narrator import RollbackNarrator
 from spek_sentinel.service.rollback_plan import PlanRequest
 from spek_sentinel.service.rollback_run import (
@@ -80,7 +82,12 @@ class Watch:
         clock: Callable[[], float] = time.time,
         runner: RollbackRunner | None = None,
         documents: StateDocuments | None = None,
+        metrics: Metrics | None = None,
+        leadership: Leadership | None = None,
+        guard: Callable[[int], None] | None = None,
     ) -> None:
+        """``leadership``: under high availability only the leader starts rollbacks,
+        escalates and sends pages; a follower evaluates and records. Default: single node."""
         self.config = config
         self.environ = environ
         self.desk = desk
@@ -90,6 +97,10 @@ class Watch:
         self.state = WatchState()
         self._runner = runner or self._run_rollback
         self.documents = documents
+        self.metrics = metrics
+        self.leadership: Leadership = leadership or SingleNode()
+        # checked before every rollback step: the leader's lease, and the fence when one is set
+        self.guard = guard or self.leadership.assert_current
 
     async def aclose(self) -> None:
         await asyncio.gather(*(pager.aclose() for pager in self.pagers.values()))
@@ -98,10 +109,13 @@ class Watch:
 
     async def poll(self, probe: Probe) -> list[Decision]:
         """Run one probe and act on what its samples decide."""
+        started = time.monotonic()
         samples = await observe(probe, self.clock)
         now = self.clock()
         decisions = self.sentinel.observe_many(samples)
         self.state.last_evaluation = now
+        if self.metrics is not None:
+            self._measure_poll(probe.name, time.monotonic() - started, samples, decisions, now)
         self.act(decisions, now)
         if self.state.orphan_blind:
             self._resolve_orphan_blindness(samples, now)
@@ -110,6 +124,25 @@ class Watch:
     async def poll_all(self, probes: Sequence[Probe]) -> list[Decision]:
         batches = await asyncio.gather(*(self.poll(probe) for probe in probes))
         return [decision for batch in batches for decision in batch]
+
+    def _measure_poll(
+        self,
+        probe: str,
+        duration: float,
+        samples: Sequence[Sample],
+        decisions: Sequence[Decision],
+        now: float,
+    ) -> None:
+        metrics = self.metrics
+        assert metrics is not None
+        metrics.probe_observed(probe, duration, sum(s.error is not None for s in samples))
+        for sample in samples:
+            if sample.series is None:
+                metrics.signal_observed(sample.signal, sample.value if sample.usable else None)
+        for decision in decisions:
+            verdict = decision.verdict
+            metrics.rule_changed(verdict.rule.name, verdict.state.value, verdict.previous.value)
+        metrics.evaluated(now)
 
     def act(self, decisions: Iterable[Decision], now: float) -> None:
         acted = False
@@ -124,7 +157,10 @@ class Watch:
                 decision.reason,
             )
             self.desk.handle(decision, now)
-            if isinstance(decision, Rollback):
+            if isinstance(decision, Rollback) and not self.leadership.is_leader:
+                log.info("follower: the leader rolls back %s, not this replica", decision.incident)
+                self.sentinel.rollback_completed(now)
+            elif isinstance(decision, Rollback):
                 order = RollbackOrder.of(decision)
                 if decision.not_before is not None and decision.not_before > now:
                     self.state.waiting[decision.incident] = order
@@ -138,14 +174,29 @@ class Watch:
 
     async def tick(self) -> list[Delivery]:
         now = self.clock()
-        self.act(self.sentinel.advance(now), now)
-        self.apply_answers(now)
-        self._start_due(now)
-        self.desk.escalate(now)
-        deliveries = await self.desk.outbox.deliver_due(self.pagers, now)
+        verdict_decisions = self.sentinel.advance(now)
+        if self.metrics is not None:
+            for decision in verdict_decisions:
+                verdict = decision.verdict
+                self.metrics.rule_changed(
+                    verdict.rule.name, verdict.state.value, verdict.previous.value
+                )
+        self.act(verdict_decisions, now)
+        deliveries: list[Delivery] = []
+        if self.leadership.is_leader:
+            self.apply_answers(now)
+            self._start_due(now)
+            self.desk.escalate(now)
+            deliveries = await self.desk.outbox.deliver_due(self.pagers, now)
         for delivery in deliveries:
             if not delivery.ok:
                 log.warning("page via %s not delivered: %s", delivery.pager, delivery.detail)
+            if self.metrics is not None:
+                self.metrics.page_delivered(delivery.pager, delivery.ok, delivery.retryable)
+        if self.metrics is not None:
+            alerts_open, unacknowledged = self.desk.store.counts()
+            self.metrics.set_queue(self.desk.outbox.pending_count(), alerts_open, unacknowledged)
+            self.metrics.set_leader(self.leadership.is_leader)
         self.state.deliveries = deliveries
         return deliveries
 
@@ -284,8 +335,14 @@ class Watch:
             await asyncio.gather(*self.state.rollbacks.values(), return_exceptions=True)
 
     async def _rollback(self, decision: RollbackOrder, now: float) -> None:
+        started = time.monotonic()
         try:
             result = await asyncio.to_thread(self._runner, decision, now)
+            if result is not None and self.metrics is not None:
+                outcome = result.outcome
+                self.metrics.rollback_finished(
+                    decision.playbook, outcome.status, time.monotonic() - started, outcome.downtime
+                )
             if result is not None:
                 log.info(
                     "rollback of %s %s: %s",
@@ -327,4 +384,27 @@ class Watch:
             )
             return None
         narrator = RollbackNarrator(self.desk, plan)
-        return execute(self.config, plan, request, self.environ, on_event=narrator)
+        token = self.leadership.fencing_token()
+        result = execute(
+            self.config,
+            plan,
+            request,
+            self.environ,
+            on_event=narrator,
+            fencing_token=token,
+            guard=self.guard,
+        )
+        if self.metrics is not None:
+            self._measure_steps(decision.incident)
+        return result
+
+    def _measure_steps(self, incident: str) -> None:
+        assert self.metrics is not None
+        journal = Journal.in_dir(Path(self.config.model.sentinel.state_dir))
+        try:
+            steps = journal.steps(incident)
+        finally:
+            journal.close()
+        for step in steps.values():
+            if step.duration is not None:
+                self.metrics.step_finished(step.name, step.duration)
