@@ -339,3 +339,10 @@ def test_deploy_rules_and_dashboards_use_only_exported_metrics() -> None:
                     if label not in exported[name] | _ALWAYS
                 )
     assert problems == []
+
+
+def test_readme_documents_every_metric() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for family, (kind, _) in EXPECTED.items():
+        name = f"{family}_total" if kind == "counter" else family
+        assert f"| `{name}` |" in readme, f"README.md's metrics table lacks {name}"
