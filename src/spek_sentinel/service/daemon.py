@@ -119,7 +119,8 @@ class Generation:
     # -- start and stop -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.watch.recover(self.clock())
+        """Schedule the jobs and serve. The watch takes back the saved state on its first
+        decision as the leader (at once on a single node)."""
         scheduler = AsyncIOScheduler(timezone=UTC)
         now = datetime.now(UTC)
         for probe in self.probes:

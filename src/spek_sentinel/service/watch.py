@@ -101,6 +101,10 @@ class Watch:
         self.leadership: Leadership = leadership or SingleNode()
         # checked before every rollback step: the leader's lease, and the fence when one is set
         self.guard = guard or self.leadership.assert_current
+        # replicas that share a lock share the state dir: a new leader starts from its state
+        self.leadership_shared = not isinstance(self.leadership, SingleNode)
+        self._was_leader = False
+        self._recovered = False
 
     async def aclose(self) -> None:
         await asyncio.gather(*(pager.aclose() for pager in self.pagers.values()))
@@ -109,6 +113,7 @@ class Watch:
 
     async def poll(self, probe: Probe) -> list[Decision]:
         """Run one probe and act on what its samples decide."""
+        self.leading(self.clock())  # a new leader takes over the state before judging
         started = time.monotonic()
         samples = await observe(probe, self.clock)
         now = self.clock()
@@ -144,7 +149,30 @@ class Watch:
             metrics.rule_changed(verdict.rule.name, verdict.state.value, verdict.previous.value)
         metrics.evaluated(now)
 
+    def leading(self, now: float) -> bool:
+        """Whether this replica acts. On becoming the leader it first takes over the shared
+        state: a fresh engine, the policy as the former leader saved it, and its rollback
+        resumed from the journal (never started over)."""
+        leader = self.leadership.is_leader
+        if leader and not self._was_leader:
+            if self.leadership_shared:
+                # the state may have moved on while this replica followed
+                self.sentinel = Sentinel(self.config.rules, self.config.policy)
+                self.recover(now)
+            elif not self._recovered:
+                self.recover(now)
+        elif self._was_leader and not leader:
+            log.warning("leadership lost: this replica stops acting and only evaluates")
+        self._was_leader = leader
+        return leader
+
     def act(self, decisions: Iterable[Decision], now: float) -> None:
+        """Carry out decisions: alerts and pages, rollbacks. A follower only evaluates."""
+        if not self.leading(now):
+            for decision in decisions:
+                if decision.action is not Action.NONE:
+                    log.debug("follower: %s left to the leader", decision.reason)
+            return
         acted = False
         for decision in decisions:
             if decision.action is Action.NONE:
@@ -157,10 +185,7 @@ class Watch:
                 decision.reason,
             )
             self.desk.handle(decision, now)
-            if isinstance(decision, Rollback) and not self.leadership.is_leader:
-                log.info("follower: the leader rolls back %s, not this replica", decision.incident)
-                self.sentinel.rollback_completed(now)
-            elif isinstance(decision, Rollback):
+            if isinstance(decision, Rollback):
                 order = RollbackOrder.of(decision)
                 if decision.not_before is not None and decision.not_before > now:
                     self.state.waiting[decision.incident] = order
@@ -174,6 +199,7 @@ class Watch:
 
     async def tick(self) -> list[Delivery]:
         now = self.clock()
+        self.leading(now)
         verdict_decisions = self.sentinel.advance(now)
         if self.metrics is not None:
             for decision in verdict_decisions:
@@ -183,7 +209,7 @@ class Watch:
                 )
         self.act(verdict_decisions, now)
         deliveries: list[Delivery] = []
-        if self.leadership.is_leader:
+        if self.leading(now):
             self.apply_answers(now)
             self._start_due(now)
             self.desk.escalate(now)
@@ -242,6 +268,7 @@ class Watch:
         """After a restart: take back the policy's state, resume a rollback that was running
         (the executor continues it from its journal, never from the first step), wait again
         for one in its veto window, and start one decided but never started."""
+        self._recovered = True
         saved = self.documents.load(POLICY) if self.documents is not None else None
         self.state.orphan_blind = {
             alert.dedup_key for alert in self.desk.store.alerts() if alert.kind == "blind"
