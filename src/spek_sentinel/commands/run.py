@@ -45,8 +45,12 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     configure_logging(args.log_level, json=args.log_json, stream=err)
     path = config_path(args)
+
+    def redact_these(secrets: list[str]) -> None:
+        configure_logging(args.log_level, json=args.log_json, stream=err, secrets=secrets)
+
     try:
-        return asyncio.run(Daemon(path, os.environ).run())
+        return asyncio.run(Daemon(path, os.environ, on_secrets=redact_these).run())
     except ConfigError as exc:
         report_config_error(path, exc, err)
         return EXIT_INVALID

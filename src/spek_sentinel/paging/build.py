@@ -146,3 +146,18 @@ def inbound_secrets(config: Config, environ: Mapping[str, str]) -> InboundSecret
         slack=values["slack_signing_secret"],
         max_age=settings.max_age,
     )
+
+
+def pager_secrets(settings: Mapping[str, PagerSettings]) -> list[str]:
+    """The secret values among the pagers' settings, for the log redactor."""
+    found: list[str] = []
+    for one in settings.values():
+        if isinstance(one, WebhookSettings):
+            found.append(one.secret)
+        elif isinstance(one, SlackSettings):
+            found.append(one.webhook_url)
+        elif isinstance(one, PagerDutySettings):
+            found.append(one.routing_key)
+        elif one.token is not None:
+            found.append(one.token)
+    return [value for value in found if value]

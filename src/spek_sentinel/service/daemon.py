@@ -33,7 +33,12 @@ from spek_sentinel.config import Config, load_config
 from spek_sentinel.domain.errors import ConfigError, ConfigProblem
 from spek_sentinel.domain.rules import RuleState
 from spek_sentinel.ha.leader import LeaderStatus, maintain
-from spek_sentinel.paging.build import build_pagers, inbound_secrets
+from spek_sentinel.paging.build import (
+    inbound_secrets,
+    pager_for,
+    pager_secrets,
+    pager_settings,
+)
 from spek_sentinel.paging.desk import AlertDesk
 from spek_sentinel.probes.base import Probe
 from spek_sentinel.probes.registry import build_probes
@@ -74,10 +79,15 @@ class Generation:
         state_dir = Path(config.model.sentinel.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         # everything that reads a secret first: a missing one stops here, before any I/O
-        self.pagers = build_pagers(config, environ)
+        settings = pager_settings(config, environ)
+        self.pagers = {name: pager_for(name, one) for name, one in settings.items()}
         self.probes: list[Probe] = build_probes(config, environ)
         token = api_token(config, environ)
         inbound = inbound_secrets(config, environ)
+        self.secrets = [
+            *pager_secrets(settings),
+            *(value for value in (token, inbound.pagerduty, inbound.slack) if value),
+        ]
         self.leadership, guard = build_leadership(config, environ)
         self.metrics = Metrics(
             rules=[rule.name for rule in config.rules],
@@ -268,7 +278,10 @@ class Daemon:
         config_path: str,
         environ: Mapping[str, str],
         clock: Callable[[], float] = time.time,
+        on_secrets: Callable[[list[str]], None] | None = None,
     ) -> None:
+        """``on_secrets``: told the secret values each loaded table uses (the log redactor)."""
+        self.on_secrets = on_secrets
         self.config_path = config_path
         self.environ = environ
         self.clock = clock
@@ -289,6 +302,8 @@ class Daemon:
         """Serve until asked to stop. A table or secret that cannot be loaded at start is a
         ConfigError for the caller (exit 1); after that, nothing but a signal ends the loop."""
         generation = Generation(load_config(self.config_path), self.environ, self.clock)
+        if self.on_secrets is not None:
+            self.on_secrets(generation.secrets)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
@@ -323,23 +338,19 @@ class Daemon:
         return 0
 
     async def _reload_config(self) -> None:
-        try:
-            config = load_config(self.config_path)
+        old = self.generation
+        assert old is not None
+        try:  # the table and its secrets are read before anything running is stopped
+            new = Generation(load_config(self.config_path), self.environ, self.clock)
         except ConfigError as exc:
             log.error("reload refused, the running table is kept: %s", exc)
             self.notifier.status(f"reload refused: {exc}")
             return
-        old = self.generation
-        assert old is not None
         self.notifier.reloading()
-        snapshot = old.watch.sentinel.snapshot()
+        if self.on_secrets is not None:
+            self.on_secrets(new.secrets)
         await old.stop()
-        try:
-            new = Generation(config, self.environ, self.clock)
-        except ConfigError as exc:
-            log.error("reload refused (%s); starting again with the previous table", exc)
-            new = Generation(old.config, self.environ, self.clock)
-        new.watch.sentinel.restore(snapshot)
+        new.watch.sentinel.restore(old.watch.sentinel.snapshot())
         new.watch.save(self.clock())
         await new.start()
         await new.wait_serving()

@@ -142,7 +142,7 @@ class Watch:
         assert metrics is not None
         metrics.probe_observed(probe, duration, sum(s.error is not None for s in samples))
         for sample in samples:
-            if sample.series is None:
+            if not sample.series:  # split signals have a value per series, not one
                 metrics.signal_observed(sample.signal, sample.value if sample.usable else None)
         for decision in decisions:
             verdict = decision.verdict
