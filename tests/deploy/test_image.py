@@ -1,0 +1,181 @@
+"""The container image: scripts/build-image builds it, and the CLI runs in it as non-root.
+
+The build is the script's own, run as an operator would: the base image is made once
+(debootstrap, about 40 s) and kept in the engine, and an image whose sources have not changed
+is not built again (the script compares the hash it labels the image with), so after the first
+run this costs about a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+
+from harness.docker_engine import NAME_PREFIX, TEST_LABEL
+from spek_sentinel import __version__
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "build-image"
+CONFIG = "/etc/spek-sentinel/thresholds.toml"
+STATE = "/var/lib/spek-sentinel"
+HASH_LABEL = "spek-sentinel.source-hash"
+BUILD_TIMEOUT = 900  # a first build: debootstrap, wheels from the index, docker build
+_HINT = "install docker.io and debootstrap (apt-get install docker.io debootstrap)"
+
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 120)
+
+
+@dataclass(frozen=True)
+class Build:
+    image: str
+    output: str  # the script's messages (stderr)
+
+
+def build_image() -> Build:
+    if shutil.which("docker") is None:
+        pytest.fail(f"the `docker` command is missing; {_HINT}", pytrace=False)
+    try:
+        result = subprocess.run(
+            [str(SCRIPT)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"scripts/build-image took over {BUILD_TIMEOUT}s: {exc}", pytrace=False)
+    if result.returncode != 0:
+        pytest.fail(
+            f"scripts/build-image exited with {result.returncode}:\n"
+            f"{result.stderr}\n{result.stdout}",
+            pytrace=False,
+        )
+    return Build(image=result.stdout.strip().splitlines()[-1], output=result.stderr)
+
+
+@pytest.fixture(scope="module")
+def built(docker_engine: docker.DockerClient) -> Build:
+    return build_image()
+
+
+@dataclass(frozen=True)
+class Run:
+    exit_code: int
+    output: str
+
+
+RunIn = Callable[..., Run]
+
+
+@pytest.fixture
+def run_in(docker_engine: docker.DockerClient, built: Build) -> Iterator[RunIn]:
+    """Runs a container of the image to completion; removes it and its state volume."""
+    names: list[str] = []
+
+    def run(command: list[str], entrypoint: list[str] | None = None) -> Run:
+        name = f"{NAME_PREFIX}image-{uuid.uuid4().hex[:8]}"
+        names.append(name)
+        container = docker_engine.containers.run(
+            built.image,
+            command,
+            entrypoint=entrypoint,
+            name=name,
+            detach=True,
+            labels={TEST_LABEL: "1"},
+            network_mode="none",
+        )
+        status = container.wait(timeout=120)
+        output = container.logs(stdout=True, stderr=True).decode()
+        return Run(exit_code=int(status["StatusCode"]), output=output)
+
+    try:
+        yield run
+    finally:
+        for name in names:
+            with contextlib.suppress(docker.errors.NotFound):
+                docker_engine.api.remove_container(name, force=True, v=True)
+
+
+def test_the_image_is_tagged_with_the_package_version(built: Build) -> None:
+    assert built.image == f"spek-sentinel:{__version__}"
+
+
+def test_version_runs_in_the_image(run_in: RunIn) -> None:
+    result = run_in(["--version"])
+    assert (result.exit_code, result.output.strip()) == (0, f"spek-sentinel {__version__}")
+
+
+def test_validate_runs_in_the_image_as_non_root(run_in: RunIn) -> None:
+    result = run_in(["validate", "-c", CONFIG])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"{CONFIG}: valid:"), result.output
+    whoami = run_in(["-c", "import os; print(os.getuid(), os.getgid())"], entrypoint=["python3"])
+    uid, gid = (int(part) for part in whoami.output.split())
+    assert uid != 0
+    assert gid != 0
+
+
+def test_the_user_may_write_its_state_volume(run_in: RunIn) -> None:
+    probe = f"import pathlib; p = pathlib.Path('{STATE}') / 'probe'; p.write_text('x'); print('ok')"
+    result = run_in(["-c", probe], entrypoint=["python3"])
+    assert (result.exit_code, result.output.strip()) == (0, "ok"), result.output
+
+
+def test_the_image_declares_how_it_runs(docker_engine: docker.DockerClient, built: Build) -> None:
+    config = docker_engine.images.get(built.image).attrs["Config"]
+    assert config["Entrypoint"] == ["spek-sentinel"]
+    assert config["Cmd"] == ["run", "-c", CONFIG]
+    assert config["User"] not in ("", "0", "root")
+    assert "9102/tcp" in config["ExposedPorts"]
+    assert STATE in config["Volumes"]
+    check = " ".join(config["Healthcheck"]["Test"])
+    assert check.startswith("CMD python3 ")
+    assert "http://127.0.0.1:9102/healthz" in check
+    assert re.fullmatch(r"[0-9a-f]{16}", config["Labels"][HASH_LABEL])
+    assert config["Labels"]["org.opencontainers.image.version"] == __version__
+
+
+def test_the_healthcheck_fails_while_nothing_answers(
+    docker_engine: docker.DockerClient, built: Build, run_in: RunIn
+) -> None:
+    """The check's own command runs in the image and reports an unreachable /healthz."""
+    config = docker_engine.images.get(built.image).attrs["Config"]
+    command = config["Healthcheck"]["Test"]
+    assert command[0] == "CMD"
+    result = run_in(command[2:], entrypoint=[command[1]])
+    assert result.exit_code != 0
+    assert "Connection refused" in result.output
+
+
+def test_a_second_build_of_the_same_sources_is_skipped(
+    docker_engine: docker.DockerClient, built: Build
+) -> None:
+    for _ in range(3):  # sources edited between two builds (a developer at work) rebuild
+        before = docker_engine.images.get(built.image)
+        again = build_image()
+        after = docker_engine.images.get(again.image)
+        if after.labels[HASH_LABEL] == before.labels[HASH_LABEL]:
+            assert "is up to date" in again.output, again.output
+            assert after.id == before.id
+            return
+        assert "is up to date" not in again.output, again.output
+    pytest.fail("the sources kept changing between builds")
+
+
+def test_the_dockerfile_pins_the_base_image_the_script_builds() -> None:
+    base = subprocess.run(
+        [str(SCRIPT), "--base-image"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout.strip()
+    assert re.fullmatch(r"spek-sentinel-base:bookworm-py311-[0-9a-f]{12}", base)
+    assert f"ARG BASE_IMAGE={base}\n" in (REPO / "Dockerfile").read_text()
