@@ -136,3 +136,46 @@ def test_a_failed_pre_deployment_backup_records_no_release(
     assert capsys.readouterr().out == ""
     assert main(["backups", "-c", table]) == 0
     assert "no backups in" in capsys.readouterr().out
+    # the next incident would have nothing to restore: a critical alert for the daemon to page
+    assert main(["alerts", "-c", table, "--json"]) == 0
+    [alert] = json.loads(capsys.readouterr().out)
+    assert (alert["dedup_key"], alert["urgency"], alert["state"]) == (
+        "backup:pre_deployment",
+        "critical",
+        "open",
+    )
+    assert "backup FAILED" in alert["summary"]
+
+
+def test_the_daemon_takes_routine_backups_while_all_is_well_and_pages_a_failure(
+    tmp_path: Path, postgres_db: str
+) -> None:
+    import asyncio  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from spek_sentinel.config import load_config  # noqa: PLC0415
+    from spek_sentinel.paging.desk import AlertDesk  # noqa: PLC0415
+    from spek_sentinel.rollback.backup import list_backups  # noqa: PLC0415
+    from spek_sentinel.service.daemon import Generation  # noqa: PLC0415
+
+    config = load_config(str(dsn_table(tmp_path)))
+
+    async def routine(environ: dict[str, str]) -> None:
+        generation = Generation(config, environ, time.time)
+        try:
+            await generation._routine_backup()
+        finally:
+            await generation.stop()
+
+    asyncio.run(routine({"RELEASE_TEST_DSN": postgres_db}))
+    [backup] = list_backups(tmp_path / "backups")
+    assert backup.label == "last_known_good" and backup.sha256 is not None
+
+    asyncio.run(routine({"RELEASE_TEST_DSN": "postgresql://postgres@127.0.0.1:1/gone"}))
+    assert len(list_backups(tmp_path / "backups")) == 1  # nothing unverified kept
+    desk = AlertDesk.in_dir(tmp_path / "state", config.escalation)
+    try:
+        [alert] = desk.store.alerts()
+    finally:
+        desk.close()
+    assert (alert.dedup_key, alert.urgency) == ("backup:last_known_good", "critical")

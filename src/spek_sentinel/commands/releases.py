@@ -24,15 +24,15 @@ from spek_sentinel.domain.errors import ConfigError, RollbackError
 from spek_sentinel.domain.units import format_size, iso
 from spek_sentinel.rollback.backup import (
     BackupRecord,
-    create_backup,
     list_backups,
-    preflight,
-    prune,
 )
-from spek_sentinel.service.rollback_targets import database_target
+from spek_sentinel.service.backups import (
+    LAST_KNOWN_GOOD,
+    PRE_DEPLOYMENT,
+    page_backup_failure,
+    take_backup,
+)
 from spek_sentinel.store.sqlite import SqliteStore
-
-PRE_DEPLOYMENT = "pre_deployment"
 
 
 def add_parser(commands: Any) -> None:
@@ -58,7 +58,9 @@ def add_parser(commands: Any) -> None:
         "backup", help="take a verified database backup now (cron: routine last-known-good)"
     )
     add_config_option(take)
-    take.add_argument("--label", default="last_known_good", help="label (default: last_known_good)")
+    take.add_argument(
+        "--label", default=LAST_KNOWN_GOOD, help=f"label (default: {LAST_KNOWN_GOOD})"
+    )
     take.set_defaults(handler=run_backup)
 
     backups = commands.add_parser("backups", help="list the database backups, newest first")
@@ -71,27 +73,22 @@ def _take_backup(
     config: Config, args: argparse.Namespace, label: str, err: TextIO
 ) -> BackupRecord | int | None:
     """A verified backup with ``label``; None when no database is configured, an exit code when
-    it failed (after saying why)."""
+    it failed (after saying why and raising a critical alert for the daemon to page)."""
     try:
-        target = database_target(config, os.environ)
+        record = take_backup(config, os.environ, label)
     except ConfigError as exc:
         report_config_error(config_path(args), exc, err)
         return EXIT_INVALID
-    if target is None:
-        return None
-    settings = config.model.rollback
-    backup_dir = Path(settings.backup_dir)
-    try:
-        preflight(target, backup_dir, settings.step_timeout)
-        record = create_backup(target, backup_dir, label, settings.step_timeout)
     except RollbackError as exc:
         err.write(f"the {label} backup failed: {exc}\n")
+        page_backup_failure(config, label, exc, time.time())
         return EXIT_INVALID
+    if record is None:
+        return None
     err.write(
         f"{label} backup verified: {record.path} ({format_size(record.size)}, "
         f"sha256 {record.sha256[:16]}…, {len(record.tables)} tables)\n"
     )
-    prune(backup_dir, settings.keep_backups)
     return record
 
 

@@ -86,6 +86,8 @@ class RollbackSettings(StrictModel):
     step_timeout: PositiveDuration = 300.0
     keep_backups: int = Field(default=10, ge=1)
     known_good_after: Duration = 3600.0  # a release healthy this long becomes "known good"
+    # the daemon takes a verified "last_known_good" backup this often while every rule is OK
+    backup_every: Duration = 0.0  # 0: never (cron `spek-sentinel backup` instead)
     env_file: str | None = None  # the app's .env, where a playbook's rotate_secrets live
     database: DatabaseTarget | None = None
     application: Application | None = None

@@ -30,7 +30,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from starlette.applications import Starlette
 
 from spek_sentinel.config import Config, load_config
-from spek_sentinel.domain.errors import ConfigError, ConfigProblem
+from spek_sentinel.domain.errors import ConfigError, ConfigProblem, RollbackError
 from spek_sentinel.domain.rules import RuleState
 from spek_sentinel.ha.leader import LeaderStatus, maintain
 from spek_sentinel.paging.build import (
@@ -43,6 +43,7 @@ from spek_sentinel.paging.desk import AlertDesk
 from spek_sentinel.probes.base import Probe
 from spek_sentinel.probes.registry import build_probes
 from spek_sentinel.service.api import api_token, create_app
+from spek_sentinel.service.backups import LAST_KNOWN_GOOD, page_backup_failure, take_backup
 from spek_sentinel.service.leadership import build_leadership
 from spek_sentinel.service.metrics import Metrics
 from spek_sentinel.service.sd_notify import Notifier
@@ -75,6 +76,7 @@ class Generation:
 
     def __init__(self, config: Config, environ: Mapping[str, str], clock: Callable[[], float]):
         self.config = config
+        self.environ = environ
         self.clock = clock
         state_dir = Path(config.model.sentinel.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -162,6 +164,16 @@ class Generation:
             coalesce=True,
             max_instances=1,
         )
+        every = self.config.model.rollback.backup_every
+        if every > 0 and self.config.model.rollback.database is not None:
+            scheduler.add_job(
+                self._routine_backup,
+                IntervalTrigger(seconds=every),
+                id="backup",
+                name="routine backup",
+                coalesce=True,
+                max_instances=1,
+            )
         scheduler.add_listener(
             _log_job_event, EVENT_JOB_MISSED | EVENT_JOB_ERROR | EVENT_JOB_MAX_INSTANCES
         )
@@ -242,12 +254,34 @@ class Generation:
                 self.metrics.inbound_rejected(source, reason)
             self._inbound_seen[(source, reason)] = count
 
-    async def _release_health(self) -> None:
-        """A release healthy (every watch rule OK) for ``known_good_after`` becomes known good."""
+    def _healthy(self) -> bool:
+        """Every watched rule OK: not pending, firing, resolving or blind."""
         statuses = self.watch.sentinel.engine.status()
-        healthy = bool(statuses) and all(
+        return bool(statuses) and all(
             status.state is RuleState.OK for status in statuses if status.rule.phase == "watch"
         )
+
+    async def _routine_backup(self) -> None:
+        """A verified "last_known_good" backup while every rule is OK; a failure pages."""
+        if not self.leadership.is_leader:
+            return
+        if not self._healthy():
+            log.info("routine backup skipped: not every rule is OK")
+            return
+        try:
+            record = await asyncio.to_thread(
+                take_backup, self.config, self.environ, LAST_KNOWN_GOOD
+            )
+        except (RollbackError, ConfigError) as exc:
+            failure = exc if isinstance(exc, RollbackError) else RollbackError(str(exc))
+            page_backup_failure(self.config, LAST_KNOWN_GOOD, failure, self.clock())
+            return
+        if record is not None:
+            log.info("routine backup verified: %s (sha256 %s)", record.path, record.sha256)
+
+    async def _release_health(self) -> None:
+        """A release healthy (every watch rule OK) for ``known_good_after`` becomes known good."""
+        healthy = self._healthy()
         known_good_after = self.config.model.rollback.known_good_after
         release = await asyncio.to_thread(
             self.signals.mark_healthy, self.clock(), healthy, known_good_after

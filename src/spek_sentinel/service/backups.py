@@ -1,0 +1,51 @@
+"""Verified backups outside an incident — before a release, on a schedule while all is well —
+and the page when one fails: the next incident would have nothing to restore."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from spek_sentinel.config import Config
+from spek_sentinel.domain.errors import RollbackError
+from spek_sentinel.paging.desk import AlertDesk
+from spek_sentinel.rollback.backup import BackupRecord, create_backup, preflight, prune
+from spek_sentinel.service.rollback_targets import database_target
+
+log = logging.getLogger(__name__)
+
+PRE_DEPLOYMENT = "pre_deployment"  # taken when a release is recorded, before its migrations
+LAST_KNOWN_GOOD = "last_known_good"  # taken while every rule is OK
+
+
+def take_backup(config: Config, environ: Mapping[str, str], label: str) -> BackupRecord | None:
+    """A verified backup labelled ``label``, older ones pruned by the retention policy; None
+    when the table names no database. Raises ConfigError (a secret) or RollbackError."""
+    target = database_target(config, environ)
+    if target is None:
+        return None
+    settings = config.model.rollback
+    backup_dir = Path(settings.backup_dir)
+    preflight(target, backup_dir, settings.step_timeout)
+    record = create_backup(target, backup_dir, label, settings.step_timeout)
+    prune(backup_dir, settings.keep_backups)
+    return record
+
+
+def page_backup_failure(config: Config, label: str, error: RollbackError, now: float) -> None:
+    """A critical alert (the daemon sends it): a backup that did not verify is no backup."""
+    desk = AlertDesk.in_dir(
+        Path(config.model.sentinel.state_dir), config.escalation, config.notice_pagers
+    )
+    try:
+        desk.raise_alert(
+            f"backup:{label}",
+            f"the {label} backup FAILED and nothing verified was kept: {error}. "
+            "The next incident would have nothing to restore.",
+            incident=None,
+            now=now,
+        )
+    finally:
+        desk.close()
+    log.error("the %s backup failed: %s", label, error)
