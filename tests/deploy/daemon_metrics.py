@@ -1,6 +1,6 @@
 """The metrics `spek-sentinel run` exports on /metrics: the names the Prometheus rules and the
-Grafana dashboard may use, with their labels. Kept in one place so that both are checked
-against the same list (and the daemon's own metrics test can check it exports exactly these)."""
+Grafana dashboard may use, with their labels and types (as src/spek_sentinel/service/metrics.py
+declares them). Kept in one place so that both are checked against the same list."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ HISTOGRAMS = {
     "spek_sentinel_probe_duration_seconds": ("probe",),
     "spek_sentinel_rollback_duration_seconds": ("playbook",),
     "spek_sentinel_rollback_step_duration_seconds": ("step",),
+    "spek_sentinel_downtime_seconds": ("playbook",),
 }
 COUNTERS = {
     "spek_sentinel_probe_errors_total": ("probe",),
@@ -21,7 +22,6 @@ COUNTERS = {
 GAUGES = {
     "spek_sentinel_signal_value": ("signal",),
     "spek_sentinel_rule_state": ("rule", "state"),
-    "spek_sentinel_downtime_seconds": ("playbook",),
     "spek_sentinel_outbox_pending": (),
     "spek_sentinel_alerts_open": (),
     "spek_sentinel_alerts_unacknowledged": (),
