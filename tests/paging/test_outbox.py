@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from harness.http_receiver import HttpReceiver
+from harness.tcp_stub import TcpStub
+from harness.wait import wait_until
 from spek_sentinel.paging.base import Notice, NoticeKind, Pager, Urgency
 from spek_sentinel.paging.outbox import Outbox, backoff
 from spek_sentinel.paging.webhook import WebhookPager, WebhookSettings
@@ -95,3 +99,40 @@ def test_a_refused_page_is_marked_failed_and_an_old_one_expires(tmp_path: Path) 
 def test_backoff_doubles_up_to_its_cap() -> None:
     assert [backoff(n) for n in (1, 2, 3, 4)] == [5.0, 10.0, 20.0, 40.0]
     assert backoff(30) == 300.0
+
+
+SENDER = """
+import asyncio, sys
+from pathlib import Path
+from spek_sentinel.paging.outbox import Outbox
+from spek_sentinel.paging.webhook import WebhookPager, WebhookSettings
+
+outbox = Outbox.in_dir(Path(sys.argv[1]))
+pager = WebhookPager("oncall", WebhookSettings(url=sys.argv[2], secret="s", timeout=60))
+print("sending", flush=True)
+asyncio.run(outbox.deliver_due({"oncall": pager}, now=1000.0))
+"""
+
+
+def test_a_sentinel_killed_mid_delivery_loses_no_page(tmp_path: Path) -> None:
+    outbox = Outbox.in_dir(tmp_path)
+    outbox.enqueue(NOTICE, ["oncall"], now=1000.0)
+    outbox.close()
+    with TcpStub() as stub:  # accepts the connection and never answers: delivery in flight
+        sender = subprocess.Popen(
+            [sys.executable, "-c", SENDER, str(tmp_path), f"http://127.0.0.1:{stub.port}/"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(lambda: stub.accepted >= 1, timeout=30, message="the page was not sent")
+        finally:
+            sender.kill()  # SIGKILL, mid-request
+            sender.wait(timeout=30)
+    with HttpReceiver(status=200) as receiver:
+        restarted = Outbox.in_dir(tmp_path)
+        [entry] = restarted.entries()
+        assert entry.status == "pending"  # the killed attempt did not count it as sent
+        assert deliver(restarted, webhook(receiver), now=1001.0) == [True]
+        assert [json.loads(r.body)["dedup_key"] for r in receiver.received] == [NOTICE.dedup_key]
+        restarted.close()
