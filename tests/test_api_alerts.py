@@ -515,3 +515,12 @@ def test_a_slack_rollback_click_on_a_blind_alert_is_a_counted_conflict(api: Api)
     assert response.status_code == 409
     assert api.snapshot() == before
     assert api.rejected == {("slack", "conflict"): 1}
+
+
+def test_a_slack_click_on_an_alert_we_do_not_know_is_answered_200_and_ignored(api: Api) -> None:
+    before = api.snapshot()
+    body = slack_click("inc-not-ours")
+    response = api.post(SLACK, body, slack_headers(body))
+    # Slack shows the person who clicked an error for anything but 200
+    assert response.status_code == 200 and "ignored" in response.json()
+    assert api.snapshot() == before

@@ -343,7 +343,7 @@ class _InboundRoutes:
         except InboundRejected as exc:
             return self.refuse(source, exc.reason, exc.status)
         if delivery is None:
-            return JSONResponse({"ignored": "not an answer to an alert"}, status_code=202)
+            return _ignored(source, "not an answer to an alert")
         return self.answer(self.desk, delivery, now)
 
     def answer(self, desk: AlertDesk, delivery: InboundAnswer, now: float) -> Response:
@@ -356,9 +356,9 @@ class _InboundRoutes:
         key = delivery.dedup_key
         alert = desk.store.live(key) or desk.store.latest(key)  # by key only, never as an id
         if alert is None:
-            return JSONResponse({"ignored": f"no alert with dedup key {key}"}, status_code=202)
+            return _ignored(source, f"no alert with dedup key {key}")
         if alert.state is AlertState.RESOLVED and delivery.action in ("acknowledge", "resolve"):
-            return JSONResponse({"ignored": f"alert {alert.id} is resolved"}, status_code=202)
+            return _ignored(source, f"alert {alert.id} is resolved")
         # resolving the incident in PagerDuty acknowledges ours: an alert resolves when its
         # condition does, not when a page is closed
         answer = Answer.ACKNOWLEDGE if delivery.action == "resolve" else Answer(delivery.action)
@@ -370,6 +370,12 @@ class _InboundRoutes:
             return self.refuse(source, CONFLICT, exc.status, str(exc))
         self.deliveries.record(source, delivery.event_id, now)
         return JSONResponse(_AlertRoutes(desk, None, self.clock).shown(alert))
+
+
+def _ignored(source: str, why: str) -> Response:
+    """A verified delivery we do not act on: 2xx so the vendor does not retry it. Slack wants
+    exactly 200 from an interactivity URL (anything else shows the clicker an error)."""
+    return JSONResponse({"ignored": why}, status_code=200 if source == "slack" else 202)
 
 
 def create_app(
