@@ -204,3 +204,23 @@ def test_stakeholder_notices_go_to_the_notice_pagers_only(desk: AlertDesk) -> No
     desk.inform("rollback of inc-1 started with playbook high_error_rate", "inc-1", T0)
     [(pager, notice)] = desk.outbox.notices()
     assert (pager, notice.kind, notice.urgency) == ("status_page", NoticeKind.INFO, Urgency.INFO)
+
+
+def test_a_veto_after_the_rollback_started_is_refused_and_records_nothing(
+    desk: AlertDesk,
+) -> None:
+    sentinel = Sentinel([error_rate_rule()], PolicySettings(veto_window=120.0))
+    rollback = next(
+        d
+        for d in sentinel.observe_many(series("error_rate", [0.08] * 24))
+        if isinstance(d, Rollback)
+    )
+    alert = desk.handle(rollback, rollback.verdict.at)
+    assert alert is not None
+    desk.rollback_started(alert, rollback.verdict.at + 120)  # the daemon started it meanwhile
+    with pytest.raises(AlertError) as late:
+        desk.answer(
+            alert.id, Answer.DISMISS, by="bob", note="", source="cli", now=T0, veto_only=True
+        )
+    assert late.value.status == 409 and "has started" in str(late.value)
+    assert desk.pending_actions() == []

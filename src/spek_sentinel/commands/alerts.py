@@ -172,6 +172,7 @@ def _answer(args: argparse.Namespace, out: TextIO, err: TextIO, *, veto: bool = 
             note=args.note,
             source="cli",
             now=time.time(),
+            veto_only=veto,
         )
     except AlertError as exc:
         err.write(f"{exc}\n")

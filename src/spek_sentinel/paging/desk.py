@@ -233,14 +233,23 @@ class AlertDesk:
         note: str,
         source: str,
         now: float,
+        veto_only: bool = False,
     ) -> tuple[Alert, HumanAction]:
         """Record a human's answer: the alert is acknowledged (escalation stops) and the answer
-        is kept for the daemon to carry out. "dismiss" also vetoes a rollback still waiting."""
+        is kept for the daemon to carry out. "dismiss" also vetoes a rollback still waiting;
+        ``veto_only`` refuses (409) when none waits any more, checked in the same transaction
+        as the answer, so a rollback that started meanwhile is never reported as vetoed."""
         if not by.strip():
             raise AlertError("say who answers (by)", 400)
         with self.store.transaction():
             alert = self.find(reference)
             check_answerable(alert, answer)
+            if veto_only and alert.rollback_at is None:
+                raise AlertError(
+                    f"alert {alert.id} has no rollback waiting in its veto window "
+                    "(none was decided, or it has started)",
+                    409,
+                )
             vetoed = answer is Answer.DISMISS and alert.rollback_at is not None
             acked = alert.state is AlertState.OPEN
             alert = replace(
