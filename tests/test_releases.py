@@ -123,6 +123,14 @@ def test_release_record_takes_a_verified_pre_deployment_backup_first(
     [backup] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert (backup["label"], backup["verified"]) == ("pre_deployment", True)
     assert Path(backup["path"]).is_file()
+    assert backup["release"] is None  # taken before the release it precedes was recorded
+
+    assert main(["backup", "-c", table]) == 0
+    capsys.readouterr()
+    assert main(["backups", "-c", table, "--json"]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    [routine] = [b for b in listed if b["label"] == "last_known_good"]
+    assert routine["release"] == "spek:1.5.0"  # marked with the release it belongs to
 
 
 def test_a_failed_pre_deployment_backup_records_no_release(
@@ -179,3 +187,37 @@ def test_the_daemon_takes_routine_backups_while_all_is_well_and_pages_a_failure(
     finally:
         desk.close()
     assert (alert.dedup_key, alert.urgency) == ("backup:last_known_good", "critical")
+
+
+def test_a_backup_is_marked_with_the_schema_version_it_holds(
+    tmp_path: Path, postgres_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spek_sentinel.rollback.backup import list_backups  # noqa: PLC0415
+    from spek_sentinel.rollback.migrations import (  # noqa: PLC0415
+        MigrationRunner,
+        MigrationSettings,
+    )
+
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    for number, table in ((1, "projects"), (2, "tasks")):
+        (migrations / f"00{number}_{table}.up.sql").write_text(
+            f"CREATE TABLE {table} (id int primary key)", encoding="utf-8"
+        )
+        (migrations / f"00{number}_{table}.down.sql").write_text(
+            f"DROP TABLE {table}", encoding="utf-8"
+        )
+    MigrationRunner(migrations, MigrationSettings()).up(postgres_db)
+    table = dsn_table(tmp_path)
+    text = table.read_text(encoding="utf-8")
+    table.write_text(
+        text.replace(
+            'dsn_env = "RELEASE_TEST_DSN"',
+            f'dsn_env = "RELEASE_TEST_DSN"\nmigrations_dir = "{migrations}"',
+        ),
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("RELEASE_TEST_DSN", postgres_db)
+    assert main(["backup", "-c", str(table)]) == 0
+    [backup] = list_backups(tmp_path / "backups")
+    assert backup.schema == "2"

@@ -169,17 +169,23 @@ def run_backups(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 "size": backup.size,
                 "sha256": backup.sha256,
                 "verified": backup.sha256 is not None,
+                "release": backup.release,
+                "schema": backup.schema,
             }
             out.write(json.dumps(record, sort_keys=True) + "\n")
         return EXIT_OK
     if not backups:
         out.write(f"no backups in {config.model.rollback.backup_dir}\n")
         return EXIT_OK
-    out.write(f"{'TAKEN':<21} {'LABEL':<18} {'SIZE':>8}  {'VERIFIED':<8} PATH\n")
+    out.write(
+        f"{'TAKEN':<21} {'LABEL':<18} {'SIZE':>8}  {'VERIFIED':<8} {'RELEASE':<20} "
+        f"{'SCHEMA':<8} PATH\n"
+    )
     for backup in backups:
         verified = "yes" if backup.sha256 else "NO"
         out.write(
             f"{iso(backup.taken_at.timestamp()):<21} {backup.label:<18} "
-            f"{format_size(backup.size):>8}  {verified:<8} {backup.path}\n"
+            f"{format_size(backup.size):>8}  {verified:<8} {backup.release or '-':<20} "
+            f"{backup.schema or '-':<8} {backup.path}\n"
         )
     return EXIT_OK

@@ -74,6 +74,7 @@ DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 DUMP_SUFFIX = ".dump"
 PARTIAL_SUFFIX = ".partial"
 CHECKSUM_SUFFIX = ".sha256"
+MARKS_SUFFIX = ".meta.json"  # what the backup belongs to: release, schema version
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -445,6 +446,30 @@ class BackupFile:
     taken_at: datetime  # UTC, from the file name
     size: int
     sha256: str | None  # recorded beside it once verified; None for an unverified file
+    release: str | None = None  # the release current when it was taken
+    schema: str | None = None  # the schema version (migration) it holds
+
+
+def mark_backup(dump: Path, release: str | None, schema: str | None) -> None:
+    """Record beside ``dump`` which release and schema version it belongs to."""
+    marks = dump.with_name(dump.name + MARKS_SUFFIX)
+    partial = marks.with_name(marks.name + ".partial")
+    partial.write_text(json.dumps({"release": release, "schema": schema}), encoding="utf-8")
+    partial.replace(marks)
+
+
+def _marks(dump: Path) -> tuple[str | None, str | None]:
+    try:
+        data = json.loads(dump.with_name(dump.name + MARKS_SUFFIX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    release, schema = data.get("release"), data.get("schema")
+    return (
+        release if isinstance(release, str) else None,
+        schema if isinstance(schema, str) else None,
+    )
 
 
 def list_backups(backup_dir: Path) -> list[BackupFile]:
@@ -456,7 +481,12 @@ def list_backups(backup_dir: Path) -> list[BackupFile]:
             continue
         taken_at = datetime.strptime(named["stamp"], _STAMP_FORMAT).replace(tzinfo=UTC)
         size = dump.stat().st_size
-        found.append(BackupFile(dump, named["label"], taken_at, size, _recorded_sha256(dump)))
+        release, schema = _marks(dump)
+        found.append(
+            BackupFile(
+                dump, named["label"], taken_at, size, _recorded_sha256(dump), release, schema
+            )
+        )
     return sorted(found, key=lambda backup: (backup.taken_at, backup.path.name), reverse=True)
 
 
@@ -498,6 +528,7 @@ def prune(backup_dir: Path, keep: int, keep_labels: Iterable[str] = ()) -> Prune
         for dump in newest_first[retained:]:
             dump.unlink()
             dump.with_name(dump.name + CHECKSUM_SUFFIX).unlink(missing_ok=True)
+            dump.with_name(dump.name + MARKS_SUFFIX).unlink(missing_ok=True)
             deleted.append(dump)
     return PruneResult(tuple(deleted), tuple(kept), tuple(problems))
 

@@ -10,8 +10,17 @@ from pathlib import Path
 from spek_sentinel.config import Config
 from spek_sentinel.domain.errors import RollbackError
 from spek_sentinel.paging.desk import AlertDesk
-from spek_sentinel.rollback.backup import BackupRecord, create_backup, preflight, prune
+from spek_sentinel.rollback.backup import (
+    BackupRecord,
+    DatabaseTarget,
+    create_backup,
+    mark_backup,
+    preflight,
+    prune,
+)
+from spek_sentinel.service.rollback_plan import PlanError, migrator_for
 from spek_sentinel.service.rollback_targets import database_target
+from spek_sentinel.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +38,31 @@ def take_backup(config: Config, environ: Mapping[str, str], label: str) -> Backu
     backup_dir = Path(settings.backup_dir)
     preflight(target, backup_dir, settings.step_timeout)
     record = create_backup(target, backup_dir, label, settings.step_timeout)
+    mark_backup(record.path, _current_release(config), _schema(config, target))
     prune(backup_dir, settings.keep_backups)
     return record
+
+
+def _current_release(config: Config) -> str | None:
+    store = SqliteStore.in_dir(Path(config.model.sentinel.state_dir))
+    try:
+        history = store.releases()
+    finally:
+        store.close()
+    return history[0].version if history else None
+
+
+def _schema(config: Config, target: DatabaseTarget) -> str | None:
+    """The schema version the backup holds, as the migrations tell it; None when the table
+    names no migrations, a short reason when they cannot tell."""
+    try:
+        outcome = migrator_for(config.model.rollback, target).status()
+    except PlanError:
+        return None
+    except Exception as exc:  # a mark is information: never fail a verified backup over it
+        log.warning("schema version of the backup unknown: %s", exc)
+        return f"unknown ({type(exc).__name__})"
+    return str(outcome.version) if outcome.version is not None else outcome.summary[:200]
 
 
 def page_backup_failure(config: Config, label: str, error: RollbackError, now: float) -> None:

@@ -395,31 +395,7 @@ class _Builder:
                 )
 
     def _migrator(self, target: DatabaseTarget) -> Migrator:
-        model = self.settings.database
-        assert model is not None
-        if model.migrations_dir is not None:
-            if target.dsn is None:
-                raise PlanError("the migration runner needs the database by DSN (dsn_env/dsn_file)")
-            runner = MigrationRunner(Path(model.migrations_dir), MigrationSettings())
-            return SqlMigrator(runner, target.dsn)
-        down, down_all, status = (
-            model.migrate_down_command,
-            model.migrate_down_all_command,
-            model.migrate_status_command,
-        )
-        if down is None or down_all is None or status is None:
-            raise PlanError(
-                "migrating down needs [rollback.database] migrations_dir or the app's migrate "
-                "commands (migrate_down_command, migrate_down_all_command, migrate_status_command)"
-            )
-        commands = AppCommands(
-            down=tuple(down),
-            down_all=tuple(down_all),
-            status=tuple(status),
-            cwd=Path(model.migrate_cwd or "."),
-            timeout=self.settings.step_timeout,
-        )
-        return AppCommandMigrator(commands)
+        return migrator_for(self.settings, target)
 
     def _rotate_secrets(self) -> None:
         keys = self.playbook.rotate_secrets
@@ -498,6 +474,36 @@ class _Builder:
             ends_downtime=True,
             detail="every up signal 1; every validation check within its limit",
         )
+
+
+def migrator_for(settings: RollbackSettings, target: DatabaseTarget) -> Migrator:
+    """The database's migrations: spek-sentinel's runner over a directory, or the app's own
+    commands. PlanError when the table names neither (or the runner has no DSN)."""
+    model = settings.database
+    assert model is not None
+    if model.migrations_dir is not None:
+        if target.dsn is None:
+            raise PlanError("the migration runner needs the database by DSN (dsn_env/dsn_file)")
+        runner = MigrationRunner(Path(model.migrations_dir), MigrationSettings())
+        return SqlMigrator(runner, target.dsn)
+    down, down_all, status = (
+        model.migrate_down_command,
+        model.migrate_down_all_command,
+        model.migrate_status_command,
+    )
+    if down is None or down_all is None or status is None:
+        raise PlanError(
+            "migrating down needs [rollback.database] migrations_dir or the app's migrate "
+            "commands (migrate_down_command, migrate_down_all_command, migrate_status_command)"
+        )
+    commands = AppCommands(
+        down=tuple(down),
+        down_all=tuple(down_all),
+        status=tuple(status),
+        cwd=Path(model.migrate_cwd or "."),
+        timeout=settings.step_timeout,
+    )
+    return AppCommandMigrator(commands)
 
 
 def build_plan(config: Config, request: PlanRequest, environ: Mapping[str, str]) -> Plan:
