@@ -10,13 +10,16 @@ rule holds for 3 s; the daemon's own tick (5 s) paces pages and answers."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ from harness.prometheus_server import PrometheusServer
 from harness.wait import wait_until
 from spek_sentinel.paging.webhook import verify_signature
 from spek_sentinel.rollback.journal import Journal, RunRecord, StepRecord
-from spek_sentinel.store.sqlite import SqliteStore
+from spek_sentinel.store.sqlite import STATE_FILE, SqliteStore
 from spek_sentinel.store.state import POLICY, StateDocuments
 
 TOKEN = "daemon-test-api-token-7f3c1b9e"  # noqa: S105 -- test values
@@ -587,3 +590,44 @@ def test_a_rollback_killed_mid_step_is_resumed_from_its_journal_not_started_over
     assert [(i["incident"], i["status"]) for i in listed] == [(incident, "succeeded")]
     report = second.get(f"/api/v1/incidents/{incident}")
     assert report.status_code == 200 and "application rollback" in report.json()["report_markdown"]
+
+
+def hand_run_to_a_live_pid(state: Path, incident: str) -> None:
+    """Make the journal name a live process as the run's holder: the killed daemon's pid was
+    reused by another process (here: this test's). The executor cannot tell it from a live
+    executor, so it must not take the run over."""
+    with closing(sqlite3.connect(state / STATE_FILE)) as db, db:
+        [owner] = db.execute(
+            "SELECT owner FROM rollback_runs WHERE incident_id = ?", (incident,)
+        ).fetchone()
+        host, _, nonce = owner.split(":")
+        db.execute(
+            "UPDATE rollback_runs SET owner = ? WHERE incident_id = ?",
+            (f"{host}:{os.getpid()}:{nonce}", incident),
+        )
+
+
+def test_a_rollback_a_live_process_may_still_hold_is_left_alone_and_paged(site: Site) -> None:
+    crash = kill_inside_the_rollback_command(site, site.started())
+    incident = crash.incident
+    hand_run_to_a_live_pid(site.state, incident)
+    (site.tmp / "go").touch()
+
+    second = site.started()
+    key = f"rollback:{incident}:refused"
+
+    def paged() -> list[dict[str, Any]]:
+        return [a for a in alerts(second) if a["dedup_key"] == key]
+
+    [alert] = wait_until(paged, timeout=20, message=f"no {key} alert")
+    assert (alert["urgency"], alert["incident"], alert["state"]) == ("critical", incident, "open")
+    assert "may still be running" in alert["summary"]
+    run, steps = journal_state(site.state, incident)
+    assert run is not None and run.status == "running"  # fail closed: nothing taken over
+    assert steps == crash.steps
+    assert len(site.lines("rollbacks.log")) == 1 and site.lines("app.release") == ["v2-bad"]
+    wait_until(
+        lambda: [p for p in site.pages() if p.json()["dedup_key"] == key],
+        timeout=20,
+        message="the refusal was not paged",
+    )

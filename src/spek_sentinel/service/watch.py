@@ -377,6 +377,8 @@ class Watch:
                     result.outcome.status,
                     result.outcome.reason,
                 )
+            if result is not None and result.outcome.status == "refused":
+                self._refused(decision, result.outcome.reason)
         except Exception as exc:
             log.exception("rollback of %s broke", decision.incident)
             self.desk.raise_alert(
@@ -389,6 +391,20 @@ class Watch:
             self.state.rollbacks.pop(decision.incident, None)
             self.sentinel.rollback_completed(self.clock())
             self.save(self.clock())
+
+    def _refused(self, order: RollbackOrder, reason: str) -> None:
+        """The executor left the run alone (an executor that may be alive holds it, or the
+        plan differs): fail closed, and page, since nothing else will resume it. Not on a
+        replica that lost the lead: the new leader holds the run then."""
+        if not self.leadership.is_leader:
+            return
+        self.desk.raise_alert(
+            f"rollback:{order.incident}:refused",
+            f"rollback of {order.incident} not run: {reason}. Check the journal "
+            f"(spek-sentinel incidents show {order.incident}) before acting by hand",
+            incident=order.incident,
+            now=self.clock(),
+        )
 
     def _run_rollback(self, decision: RollbackOrder, now: float) -> RollbackResult | None:
         """Plan and execute; a plan that cannot be made is a critical alert, nothing runs."""
