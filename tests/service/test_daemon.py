@@ -57,6 +57,7 @@ kind = "pushed"
 interval = "1s"
 signals.render_fps = {{ unit = "fps", measure = "value" }}
 signals.security_breach = {{ unit = "count", measure = "event" }}
+signals.migration_failed = {{ unit = "count", measure = "event" }}
 
 [probes.app]
 kind = "http"
@@ -86,7 +87,7 @@ signal = "security_breach"
 kind = "event"
 severity = "immediate"
 playbook = "performance"
-{extra_rules}
+
 [rollback]
 backup_dir = "{tmp}/backups"
 incidents_dir = "{tmp}/incidents"
@@ -116,7 +117,7 @@ after = "0s"
 
 [notices]
 pagers = ["relay"]
-"""
+{extra}"""
 
 # The rollback command: notes its start (and its pid), holds until the test creates "go",
 # then puts the release in place. A daemon killed while it holds has not finished the step.
@@ -124,6 +125,36 @@ ROLLBACK_SCRIPT = """\
 echo "started $$" >> "{tmp}/rollbacks.log"
 until [ -e "{tmp}/go" ]; do sleep 0.1; done
 echo "$1" > "{tmp}/app.release"
+"""
+
+# The app's migrate command: notes each call (and its pid); "down" holds until "go" exists.
+MIGRATE_SCRIPT = """\
+echo "$1 $$" >> "{tmp}/migrations.log"
+if [ "$1" = status ]; then exit 0; fi
+until [ -e "{tmp}/go" ]; do sleep 0.1; done
+"""
+
+# Scenario 1: migrate the database down one step (not idempotent, destructive: it needs the
+# verified emergency backup first), then the previous release. A real PostgreSQL is backed up.
+MIGRATION = """
+[playbooks.migration]
+scenario = "Scenario 1: migration failed during deployment"
+database = ["migrate_down"]
+application = "previous_release"
+
+[[rules]]
+name = "migration_failed"
+signal = "migration_failed"
+kind = "event"
+severity = "immediate"
+playbook = "migration"
+
+[rollback.database]
+dsn_env = "T_DATABASE_DSN"
+migrate_down_command = ["sh", "{tmp}/migrate.sh", "down"]
+migrate_down_all_command = ["sh", "{tmp}/migrate.sh", "down-all"]
+migrate_status_command = ["sh", "{tmp}/migrate.sh", "status"]
+migrate_cwd = "{tmp}"
 """
 
 VERY_LOW_FPS = """
@@ -142,8 +173,9 @@ class Site:
     """What the daemon watches and pages: a health URL, a webhook receiver, the command
     backend's files, a state dir with a release history, and the table."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, secrets: dict[str, str]) -> None:
         self.tmp = tmp
+        self.secrets = secrets
         self.state = tmp / "state"
         self.app = HttpReceiver()
         self.relay = HttpReceiver()
@@ -153,6 +185,7 @@ class Site:
         self.write_table()
         (tmp / "app.release").write_text("v2-bad\n", encoding="utf-8")
         (tmp / "rollback.sh").write_text(ROLLBACK_SCRIPT.format(tmp=tmp), encoding="utf-8")
+        (tmp / "migrate.sh").write_text(MIGRATE_SCRIPT.format(tmp=tmp), encoding="utf-8")
         self.state.mkdir()
         store = SqliteStore.in_dir(self.state)
         try:
@@ -163,22 +196,22 @@ class Site:
         finally:
             store.close()
 
-    def table(self, extra_rules: str = "") -> str:
+    def table(self, extra: str = "") -> str:
         return TABLE.format(
             state=self.state,
             port=self.port,
             tmp=self.tmp,
             health=self.app.url,
             relay=self.relay.url,
-            extra_rules=extra_rules,
+            extra=extra.format(tmp=self.tmp),
         )
 
     def write_table(self, text: str | None = None) -> None:
         self.config.write_text(self.table() if text is None else text, encoding="utf-8")
 
-    def daemon(self, secrets: dict[str, str] = SECRETS) -> DaemonProcess:
+    def daemon(self, secrets: dict[str, str] | None = None) -> DaemonProcess:
         log = self.tmp / f"daemon-{len(self.daemons) + 1}.log"
-        made = DaemonProcess(self.config, self.port, secrets, log)
+        made = DaemonProcess(self.config, self.port, secrets or self.secrets, log)
         self.daemons.append(made)
         return made
 
@@ -203,7 +236,7 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    made = Site(tmp_path)
+    made = Site(tmp_path, SECRETS)
     try:
         yield made
     finally:
@@ -388,7 +421,7 @@ def test_sighup_refuses_an_invalid_table_and_takes_a_valid_one_keeping_the_incid
     assert daemon.get("/readyz").status_code == 200
     assert set(rules_by_name(daemon)) == {"low_render_fps", "security_breach"}
 
-    site.write_table(site.table(extra_rules=VERY_LOW_FPS))
+    site.write_table(site.table(VERY_LOW_FPS))
     daemon.send(signal.SIGHUP)
     wait_until(lambda: daemon.logged("reloaded"), timeout=20, message="no 'reloaded' log")
     rules = wait_until(
@@ -469,7 +502,7 @@ def push_event(site: Site, name: str, reason: str) -> None:
     command = [sys.executable, "-m", "spek_sentinel.cli", "signal", "-c", str(site.config)]
     done = subprocess.run(
         [*command, name, "--reason", reason, "--by", "secops"],
-        env=daemon_environ(SECRETS),
+        env=daemon_environ(site.secrets),
         capture_output=True,
         text=True,
         timeout=30,
@@ -488,10 +521,11 @@ class Crash:
     policy: dict[str, Any]
 
 
-def kill_inside_the_rollback_command(site: Site, daemon: DaemonProcess) -> Crash:
-    """A confirmed breach starts the rollback at once (veto window 0s); once the journal shows
-    the application rollback claimed and its command running, SIGKILL the daemon."""
-    push_event(site, "security_breach", "unauthorized access confirmed")
+def kill_inside(site: Site, daemon: DaemonProcess, event: str, step: str, marker: str) -> Crash:
+    """A confirmed ``event`` starts an immediate rollback at once (veto window 0s); once the
+    journal shows ``step`` claimed and its command has written its first line to ``marker``,
+    SIGKILL the daemon, and the command with it."""
+    push_event(site, event, f"{event} confirmed")
 
     def rollback_alert() -> dict[str, Any] | None:
         found = [a for a in alerts(daemon) if a["kind"] == "rollback"]
@@ -500,17 +534,16 @@ def kill_inside_the_rollback_command(site: Site, daemon: DaemonProcess) -> Crash
     alert = wait_until(rollback_alert, timeout=20, message="no rollback alert")
     incident = alert["incident"]
 
-    def in_rollback_command() -> dict[int, StepRecord] | None:
+    def inside() -> dict[int, StepRecord] | None:
         _, steps = journal_state(site.state, incident)
-        claimed = [s for s in steps.values() if s.name == "application rollback"]
-        running = claimed and claimed[0].status == "claimed" and site.lines("rollbacks.log")
-        return steps if running else None
+        claimed = [s for s in steps.values() if s.name == step and s.status == "claimed"]
+        return steps if claimed and site.lines(marker) else None
 
-    steps = wait_until(in_rollback_command, timeout=30, message="the rollback never got there")
+    steps = wait_until(inside, timeout=30, message=f"the rollback never got to {step}")
     policy = saved_policy(site.state)
     daemon.kill()  # SIGKILL, then reaped: the executor's pid is certainly gone
-    # a crash takes the rollback command down with the daemon (same container or host)
-    [started] = site.lines("rollbacks.log")
+    # a crash takes the step's command down with the daemon (same container or host)
+    [started] = site.lines(marker)
     reap_group(int(started.split()[1]))
     return Crash(incident, alert["id"], steps, policy)
 
@@ -518,7 +551,9 @@ def kill_inside_the_rollback_command(site: Site, daemon: DaemonProcess) -> Crash
 def test_a_rollback_killed_mid_step_is_resumed_from_its_journal_not_started_over(
     site: Site,
 ) -> None:
-    crash = kill_inside_the_rollback_command(site, site.started())
+    crash = kill_inside(
+        site, site.started(), "security_breach", "application rollback", "rollbacks.log"
+    )
     incident = crash.incident
     assert [(s.name, s.status) for s in crash.steps.values()] == [
         ("document the incident", "succeeded"),
@@ -608,7 +643,9 @@ def hand_run_to_a_live_pid(state: Path, incident: str) -> None:
 
 
 def test_a_rollback_a_live_process_may_still_hold_is_left_alone_and_paged(site: Site) -> None:
-    crash = kill_inside_the_rollback_command(site, site.started())
+    crash = kill_inside(
+        site, site.started(), "security_breach", "application rollback", "rollbacks.log"
+    )
     incident = crash.incident
     hand_run_to_a_live_pid(site.state, incident)
     (site.tmp / "go").touch()
@@ -630,4 +667,76 @@ def test_a_rollback_a_live_process_may_still_hold_is_left_alone_and_paged(site: 
         lambda: [p for p in site.pages() if p.json()["dedup_key"] == key],
         timeout=20,
         message="the refusal was not paged",
+    )
+
+
+@pytest.fixture
+def migration_site(tmp_path: Path, postgres_db: str) -> Iterator[Site]:
+    made = Site(tmp_path, {**SECRETS, "T_DATABASE_DSN": postgres_db})
+    try:
+        made.write_table(made.table(MIGRATION))
+        yield made
+    finally:
+        made.close()
+
+
+def test_a_destructive_step_killed_mid_run_halts_the_rollback_and_pages(
+    migration_site: Site,
+) -> None:
+    site = migration_site
+    step = "migrate down one step"
+    crash = kill_inside(site, site.started(), "migration_failed", step, "migrations.log")
+    incident = crash.incident
+    assert [(s.name, s.status) for s in crash.steps.values()] == [
+        ("document the incident", "succeeded"),
+        ("pre-flight", "succeeded"),
+        ("emergency backup and verify", "succeeded"),
+        ("stop traffic", "succeeded"),
+        (step, "claimed"),
+    ]
+    [claimed] = [s for s in crash.steps.values() if s.name == step]
+    assert (claimed.idempotent, claimed.destructive) == (False, True)
+    (site.tmp / "go").touch()  # were the migration run again, it would finish now
+
+    second = site.started()
+
+    def ended() -> RunRecord | None:
+        run, _ = journal_state(site.state, incident)
+        return run if run is not None and run.status != "running" else None
+
+    run = wait_until(ended, timeout=30, message="the resumed rollback never ended")
+    # not idempotent: the executor cannot prove the migration finished, so the run halts
+    # there and nothing after it runs
+    assert run.status == "halted"
+    assert run.reason.startswith(f"cannot prove step {step} finished; a human must check")
+    assert [r.incident_id for r in all_runs(site.state)] == [incident]
+    _, steps = journal_state(site.state, incident)
+    assert steps == crash.steps  # the claimed step stays claimed; nothing else was claimed
+    assert site.lines("migrations.log")[0].split()[0] == "down"
+    assert len(site.lines("migrations.log")) == 1  # the migration did not run again
+    assert site.lines("stops.log") == ["stopped"]
+    assert site.lines("rollbacks.log") == [] and site.lines("app.release") == ["v2-bad"]
+    assert len(list((site.tmp / "backups").glob("emergency_*.dump"))) == 1  # one backup
+
+    key = f"rollback:{incident}:run_halted"
+    [halted] = wait_until(
+        lambda: [a for a in alerts(second) if a["dedup_key"] == key],
+        timeout=20,
+        message=f"no {key} alert",
+    )
+    assert (halted["urgency"], halted["incident"], halted["state"]) == (
+        "critical",
+        incident,
+        "open",
+    )
+    assert f"HALTED at {step}" in halted["summary"] and "DO NOT PROCEED" in halted["summary"]
+    [same] = [a for a in alerts(second) if a["dedup_key"] == incident]
+    assert same["id"] == crash.alert_id  # the incident's own alert, not a second one
+    policy = saved_policy(site.state)
+    assert policy["last_rollback_at"] == crash.policy["last_rollback_at"]
+    assert policy["incident"]["id"] == incident
+    wait_until(
+        lambda: [p for p in site.pages() if p.json()["dedup_key"] == key],
+        timeout=20,
+        message="the halt was not paged",
     )
