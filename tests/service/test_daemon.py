@@ -460,11 +460,22 @@ def test_sigterm_stops_the_daemon_with_exit_0(site: Site) -> None:
 def test_a_missing_secret_stops_run_before_it_serves(site: Site) -> None:
     daemon = site.daemon(secrets={"T_API_TOKEN": TOKEN})  # no T_WEBHOOK_SECRET
     daemon.spawn()
-    assert daemon.wait(timeout=30) == 1
+    assert daemon.wait(timeout=15) == 1
     output = daemon.tail()
     assert "T_WEBHOOK_SECRET" in output and "not set" in output
     assert WEBHOOK_SECRET not in output
     assert not daemon.logged("Uvicorn running") and not daemon.logged("watching")
+    assert not listening(site.port)
+
+
+def test_a_missing_rollback_database_secret_stops_run_before_it_serves(site: Site) -> None:
+    """Found at start, not in the middle of an incident when the rollback is planned."""
+    site.write_table(site.table(MIGRATION))
+    daemon = site.daemon()  # no T_DATABASE_DSN
+    daemon.spawn()
+    assert daemon.wait(timeout=15) == 1
+    assert "T_DATABASE_DSN" in daemon.tail() and "rollback.database" in daemon.tail()
+    assert not daemon.logged("watching")
     assert not listening(site.port)
 
 

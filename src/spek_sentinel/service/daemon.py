@@ -46,6 +46,7 @@ from spek_sentinel.service.api import api_token, create_app
 from spek_sentinel.service.backups import LAST_KNOWN_GOOD, page_backup_failure, take_backup
 from spek_sentinel.service.leadership import build_leadership
 from spek_sentinel.service.metrics import Metrics
+from spek_sentinel.service.rollback_targets import database_target
 from spek_sentinel.service.sd_notify import Notifier
 from spek_sentinel.service.status_routes import StatusRoutes
 from spek_sentinel.service.watch import Watch
@@ -86,9 +87,12 @@ class Generation:
         self.probes: list[Probe] = build_probes(config, environ)
         token = api_token(config, environ)
         inbound = inbound_secrets(config, environ)
+        # the rollback's database: read now, not first when an incident needs a rollback
+        database = database_target(config, environ)
         self.secrets = [
             *pager_secrets(settings),
             *(value for value in (token, inbound.pagerduty, inbound.slack) if value),
+            *(database.secrets if database is not None else ()),
         ]
         self.leadership, guard = build_leadership(config, environ)
         self.metrics = Metrics(
