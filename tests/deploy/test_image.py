@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ import docker
 import docker.errors
 import pytest
 
+from deploy.image_build import BUILD_TIMEOUT, Build, build_image
 from harness.docker_engine import NAME_PREFIX, TEST_LABEL
 from spek_sentinel import __version__
 
@@ -29,44 +29,13 @@ SCRIPT = REPO / "scripts" / "build-image"
 CONFIG = "/etc/spek-sentinel/thresholds.toml"
 STATE = "/var/lib/spek-sentinel"
 HASH_LABEL = "spek-sentinel.source-hash"
-BUILD_TIMEOUT = 900  # a first build: debootstrap, wheels from the index, docker build
-_HINT = "install docker.io and debootstrap (apt-get install docker.io debootstrap)"
 
 pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 120)
 
 
-@dataclass(frozen=True)
-class Build:
-    image: str
-    output: str  # the script's messages (stderr)
-
-
-def build_image() -> Build:
-    if shutil.which("docker") is None:
-        pytest.fail(f"the `docker` command is missing; {_HINT}", pytrace=False)
-    try:
-        result = subprocess.run(
-            [str(SCRIPT)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=BUILD_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"scripts/build-image took over {BUILD_TIMEOUT}s: {exc}", pytrace=False)
-    if result.returncode != 0:
-        pytest.fail(
-            f"scripts/build-image exited with {result.returncode}:\n"
-            f"{result.stderr}\n{result.stdout}",
-            pytrace=False,
-        )
-    return Build(image=result.stdout.strip().splitlines()[-1], output=result.stderr)
-
-
 @pytest.fixture(scope="module")
-def built(docker_engine: docker.DockerClient) -> Build:
-    return build_image()
+def built(sentinel_image: Build) -> Build:
+    return sentinel_image
 
 
 @dataclass(frozen=True)
