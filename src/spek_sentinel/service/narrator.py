@@ -17,11 +17,15 @@ class RollbackNarrator:
     """Subscribe it to the executor's events (``on_event``). Called from the executor's thread;
     the desk is thread-safe."""
 
-    def __init__(self, desk: AlertDesk, plan: Plan) -> None:
+    def __init__(
+        self, desk: AlertDesk, plan: Plan, downtime_started_at: float | None = None
+    ) -> None:
+        """``downtime_started_at``: when traffic stopped, for a run resumed after a restart
+        (the journal has it), so the notices count the downtime from the real stop."""
         self.desk = desk
         self.plan = plan
         self._stops = {step.name for step in plan.steps if step.starts_downtime}
-        self._downtime_started: float | None = None
+        self._downtime_started = downtime_started_at
 
     def _downtime(self, at: float) -> str:
         if self._downtime_started is None:
