@@ -330,14 +330,22 @@ def test_a_stop_ends_cleanly(started: Host) -> None:
     assert state == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
 
 
-def test_the_docker_drop_in_adds_the_group_and_still_starts(host: Host) -> None:
-    drop_in = (SYSTEMD / "opt-in" / "docker.conf").read_text()
-    host.container.put_archive(STAGING, tar_of({"install/docker.conf": drop_in}))
+def install_drop_in(host: Host, name: str, prepare: str) -> None:
+    text = (SYSTEMD / "opt-in" / name).read_text()
+    host.container.put_archive(STAGING, tar_of({f"install/{name}": text}))
     host.ok(
-        "getent group docker >/dev/null || groupadd --system docker\n"
-        f"install -D -m 0644 /srv/install/docker.conf /etc/systemd/system/{UNIT}.d/docker.conf\n"
+        f"{prepare}\n"
+        f"install -D -m 0644 {STAGING}/install/{name} /etc/systemd/system/{UNIT}.d/{name}\n"
         "systemctl daemon-reload"
     )
+
+
+def remove_drop_ins(host: Host) -> None:
+    host.sh(f"systemctl stop {UNIT}; rm -rf /etc/systemd/system/{UNIT}.d; systemctl daemon-reload")
+
+
+def test_the_docker_drop_in_adds_the_group_and_still_starts(host: Host) -> None:
+    install_drop_in(host, "docker.conf", "getent group docker || groupadd --system docker")
     try:
         host.ok(f"systemctl start {UNIT}")
         gid = host.ok("getent group docker | cut -d: -f3").strip()
@@ -345,6 +353,19 @@ def test_the_docker_drop_in_adds_the_group_and_still_starts(host: Host) -> None:
         assert gid in process["Groups"].split()
         assert process["NoNewPrivs"] == "1"
     finally:
-        host.sh(
-            f"systemctl stop {UNIT}; rm -rf /etc/systemd/system/{UNIT}.d; systemctl daemon-reload"
-        )
+        remove_drop_ins(host)
+
+
+def test_the_app_checkout_drop_in_opens_the_checkout_and_still_starts(host: Host) -> None:
+    install_drop_in(host, "app-checkout.conf", "mkdir -p /opt/spek")
+    try:
+        host.ok(f"systemctl start {UNIT}")
+        pid = host.show("MainPID")["MainPID"]
+        mounts = host.ok(f"cat /proc/{pid}/mountinfo").splitlines()
+        opt = [line.split() for line in mounts if line.split()[4] == "/opt/spek"]
+        assert opt, "no mount of /opt/spek in the service's namespace"
+        assert opt[-1][5].split(",")[0] == "rw"
+        root = [line.split() for line in mounts if line.split()[4] == "/"]
+        assert root[-1][5].split(",")[0] == "ro", "ProtectSystem=strict: the rest stays read-only"
+    finally:
+        remove_drop_ins(host)
