@@ -363,8 +363,11 @@ class Watch:
 
     async def _rollback(self, decision: RollbackOrder, now: float) -> None:
         started = time.monotonic()
+        token = self.leadership.token  # the leadership term this run starts in
+        fenced = False
         try:
             result = await asyncio.to_thread(self._runner, decision, now)
+            fenced = result is not None and result.outcome.status == "fenced"
             if result is not None and self.metrics is not None:
                 outcome = result.outcome
                 self.metrics.rollback_finished(
@@ -389,8 +392,34 @@ class Watch:
             )
         finally:
             self.state.rollbacks.pop(decision.incident, None)
-            self.sentinel.rollback_completed(self.clock())
-            self.save(self.clock())
+            self._rollback_ended(decision, token, fenced)
+
+    def _rollback_ended(self, order: RollbackOrder, token: int | None, fenced: bool) -> None:
+        """Only the leader records that a rollback ended. A run that was fenced, or that ended
+        after this replica lost the lead, belongs to the leader now, which resumes it from the
+        journal: saving "no rollback running" here would overwrite the leader's state, and a
+        later takeover would never resume the run. If this replica leads again under a newer
+        token (it took the lock back, e.g. after a Redis restart), its recovery found this
+        stale run still going and did not start it twice: it resumes the run now."""
+        now = self.clock()
+        leader = self.leadership.is_leader
+        if leader and not fenced:
+            self.sentinel.rollback_completed(now)
+            self.save(now)
+        elif leader and self.leadership.token != token:
+            log.warning(
+                "rollback of %s was fenced by this replica's newer leadership: resuming it "
+                "with fencing token %s",
+                order.incident,
+                self.leadership.token,
+            )
+            self._start(order, now)
+        else:
+            log.warning(
+                "rollback of %s stopped here: %s; the run is the leader's to resume",
+                order.incident,
+                "fenced" if fenced else "this replica no longer leads",
+            )
 
     def _refused(self, order: RollbackOrder, reason: str) -> None:
         """The executor left the run alone (an executor that may be alive holds it, or the
