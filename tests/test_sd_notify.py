@@ -124,12 +124,14 @@ def test_a_socket_this_client_cannot_use_is_not_under_systemd(
     assert sd_notify.ready() is False
 
 
-def test_a_socket_nobody_listens_on_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_socket_nobody_listens_on_is_logged_not_raised(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     directory = Path(tempfile.mkdtemp(prefix="sdn-"))
     try:
         monkeypatch.setenv("NOTIFY_SOCKET", str(directory / "gone"))
-        with pytest.raises(OSError, match="No such file"):
-            sd_notify.ready()
+        assert sd_notify.ready() is False  # the daemon goes on; systemd's timeout decides
+        assert "sd_notify READY=1 failed" in caplog.text
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

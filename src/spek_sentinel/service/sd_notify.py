@@ -23,11 +23,14 @@ children a rollback starts (pg_dump, docker, npm) do not inherit them.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 NOTIFY_SOCKET = "NOTIFY_SOCKET"
 WATCHDOG_USEC = "WATCHDOG_USEC"
@@ -62,8 +65,12 @@ class Notifier:
         if self.address is None:
             return False
         message = "\n".join(assignments).encode()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(message, self.address)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(message, self.address)
+        except OSError as exc:  # systemd gone or restarting: say so, never crash the daemon
+            log.warning("sd_notify %s failed: %s", assignments[0] if assignments else "", exc)
+            return False
         return True
 
     def ready(self) -> bool:
