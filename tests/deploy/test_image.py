@@ -22,6 +22,7 @@ import pytest
 
 from deploy.image_build import BUILD_TIMEOUT, Build, build_image
 from harness.docker_engine import NAME_PREFIX, TEST_LABEL
+from harness.wait import wait_until
 from spek_sentinel import __version__
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,3 +149,53 @@ def test_the_dockerfile_pins_the_base_image_the_script_builds() -> None:
     ).stdout.strip()
     assert re.fullmatch(r"spek-sentinel-base:bookworm-py311-[0-9a-f]{12}", base)
     assert f"ARG BASE_IMAGE={base}\n" in (REPO / "Dockerfile").read_text()
+
+
+MINIMAL_TABLE = """
+[sentinel]
+state_dir = "/var/lib/spek-sentinel"
+
+[probes.client]
+kind = "pushed"
+interval = "2s"
+signals.render_fps = { unit = "fps", measure = "value" }
+
+[[rules]]
+name = "low_render_fps"
+signal = "render_fps"
+kind = "threshold"
+severity = "evaluate"
+below = 30
+"""
+
+
+def test_the_daemon_runs_in_the_image_and_its_healthcheck_passes(
+    docker_engine: docker.DockerClient, built: Build, tmp_path: Path
+) -> None:
+    table = tmp_path / "thresholds.toml"
+    table.write_text(MINIMAL_TABLE, encoding="utf-8")
+    table.chmod(0o644)
+    tmp_path.chmod(0o755)
+    name = f"{NAME_PREFIX}image-run-{uuid.uuid4().hex[:8]}"
+    container = docker_engine.containers.run(
+        built.image,  # the image's own command: run -c /etc/spek-sentinel/thresholds.toml
+        name=name,
+        detach=True,
+        labels={TEST_LABEL: "1"},
+        network_mode="none",
+        volumes={str(table): {"bind": CONFIG, "mode": "ro"}},
+    )
+    try:
+        check = docker_engine.images.get(built.image).attrs["Config"]["Healthcheck"]["Test"]
+
+        def healthy() -> bool:
+            container.reload()
+            assert container.status in ("created", "running"), container.logs().decode()
+            return int(container.exec_run(check[1:]).exit_code) == 0
+
+        wait_until(healthy, timeout=60, message="the image's healthcheck never passed")
+        logs = container.logs().decode()
+        assert '"event": "watching: 1 probes, 1 rules' in logs, logs
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_engine.api.remove_container(name, force=True, v=True)
