@@ -1,0 +1,2 @@
+DROP TABLE task_priorities;
+ALTER TABLE agent_tasks DROP COLUMN priority;
