@@ -1,6 +1,7 @@
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -13,6 +14,8 @@ from harness.postgres import PostgresServer
 from harness.prometheus_server import prometheus
 from harness.redis_server import RedisServer, RedisTarget
 from harness.web_app import certificate, tls_web_app, web_app
+from spek_sentinel.store.db import STATE_FILE
+from spek_sentinel.store.open import StateLocation
 
 # The shared servers' fixtures, registered once here so that each starts once per run (a
 # fixture imported into several test modules would be a fixture per module).
@@ -73,6 +76,18 @@ def postgres_db(postgres_server: PostgresServer, request: pytest.FixtureRequest)
     yield postgres_server.create_database(name)
     _require(postgres_server.ensure_running)
     postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state(request: pytest.FixtureRequest, tmp_path: Path) -> StateLocation:
+    """A fresh state on each back end: a new SQLite file, or a new PostgreSQL database on the
+    suite's server. The store contract tests run on both; ``state.open()`` is a new
+    connection (another process, as far as locking goes)."""
+    if request.param == "sqlite":
+        return StateLocation.sqlite(tmp_path / "state" / STATE_FILE)
+    dsn = request.getfixturevalue("postgres_db")
+    assert isinstance(dsn, str)
+    return StateLocation.postgres(dsn, "the test's database")
 
 
 @pytest.fixture

@@ -8,21 +8,22 @@ from pathlib import Path
 import pytest
 
 from spek_sentinel.cli import main
-from spek_sentinel.store.sqlite import SqliteStore
+from spek_sentinel.store.open import StateLocation
+from spek_sentinel.store.records import StateStore
 
 HOUR = 3600.0
 
 
-def test_recording_the_current_release_again_changes_nothing(tmp_path: Path) -> None:
-    store = SqliteStore.in_dir(tmp_path)
+def test_recording_the_current_release_again_changes_nothing(state: StateLocation) -> None:
+    store = StateStore.open(state)
     first = store.record_release("spek:1.4.0", 100.0, "deploy")
     again = store.record_release("spek:1.4.0", 200.0, "detected")
     assert again == first
     assert [r.version for r in store.releases()] == ["spek:1.4.0"]
 
 
-def test_a_release_healthy_for_the_period_becomes_known_good(tmp_path: Path) -> None:
-    store = SqliteStore.in_dir(tmp_path)
+def test_a_release_healthy_for_the_period_becomes_known_good(state: StateLocation) -> None:
+    store = StateStore.open(state)
     store.record_release("spek:1.4.0", 0.0, "deploy")
     store.mark_healthy(0.0, healthy=True, known_good_after=HOUR)
     store.mark_healthy(1800.0, healthy=False, known_good_after=HOUR)  # a breach: start again
@@ -36,9 +37,9 @@ def test_a_release_healthy_for_the_period_becomes_known_good(tmp_path: Path) -> 
 
 
 def test_the_rollback_target_is_the_newest_known_good_release_that_is_not_current(
-    tmp_path: Path,
+    state: StateLocation,
 ) -> None:
-    store = SqliteStore.in_dir(tmp_path)
+    store = StateStore.open(state)
     for index, version in enumerate(["1.3.0", "1.4.0", "1.5.0"]):
         store.record_release(version, index * 10 * HOUR, "deploy")
         if version != "1.5.0":
@@ -48,8 +49,8 @@ def test_the_rollback_target_is_the_newest_known_good_release_that_is_not_curren
     assert target is not None and target.version == "1.4.0"
 
 
-def test_no_known_good_release_means_no_target(tmp_path: Path) -> None:
-    store = SqliteStore.in_dir(tmp_path)
+def test_no_known_good_release_means_no_target(state: StateLocation) -> None:
+    store = StateStore.open(state)
     store.record_release("1.4.0", 0.0, "deploy")
     store.record_release("1.5.0", HOUR, "deploy")
     assert store.rollback_target() is None

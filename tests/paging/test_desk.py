@@ -4,7 +4,6 @@ escalation path is followed on an injected clock; a rejected answer changes noth
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,6 +16,7 @@ from spek_sentinel.domain.settings import PolicySettings
 from spek_sentinel.engine.sentinel import Sentinel
 from spek_sentinel.paging.base import NoticeKind, Urgency
 from spek_sentinel.paging.desk import AlertDesk
+from spek_sentinel.store.open import StateLocation
 
 MINUTE = 60.0
 RUNBOOK_PATH = EscalationPolicy(
@@ -45,8 +45,9 @@ def sent(desk: AlertDesk) -> list[tuple[str, NoticeKind, str]]:
 
 
 @pytest.fixture
-def desk(tmp_path: Path) -> Iterator[AlertDesk]:
-    opened = AlertDesk.in_dir(tmp_path, RUNBOOK_PATH, notice_pagers=("status_page",))
+def desk(state: StateLocation) -> Iterator[AlertDesk]:
+    """On SQLite and on PostgreSQL: the same contract."""
+    opened = AlertDesk.open(state, RUNBOOK_PATH, notice_pagers=("status_page",))
     yield opened
     opened.close()
 
@@ -138,7 +139,7 @@ def test_acknowledging_stops_escalation_until_the_acknowledgement_times_out(
     assert [(s.step, s.level) for s in desk.escalate(T0 + 30 * MINUTE)] == [("escalate", 1)]
 
 
-def test_rejected_answers_change_nothing(desk: AlertDesk, tmp_path: Path) -> None:
+def test_rejected_answers_change_nothing(desk: AlertDesk) -> None:
     alert = desk.handle(evaluate_page(Sentinel([ws_rule()])), T0)
     assert alert is not None
     before = (desk.store.alerts(include_resolved=True), desk.outbox.notices())
@@ -179,13 +180,13 @@ def test_a_veto_window_rollback_waits_and_dismissing_vetoes_it(desk: AlertDesk) 
     assert "pending rollback vetoed" in sent(desk)[-1][2]
 
 
-def test_alerts_and_unapplied_answers_survive_a_restart(tmp_path: Path) -> None:
-    first = AlertDesk.in_dir(tmp_path, RUNBOOK_PATH)
+def test_alerts_and_unapplied_answers_survive_a_restart(state: StateLocation) -> None:
+    first = AlertDesk.open(state, RUNBOOK_PATH)
     alert = first.handle(evaluate_page(Sentinel([ws_rule()])), T0)
     assert alert is not None
     first.answer(alert.id, Answer.ROLLBACK, by="alice", note="", source="api", now=T0 + 5)
     first.close()
-    second = AlertDesk.in_dir(tmp_path, RUNBOOK_PATH)
+    second = AlertDesk.open(state, RUNBOOK_PATH)
     try:
         [pending] = second.pending_actions()
         assert (pending.alert_id, pending.answer, pending.by) == (

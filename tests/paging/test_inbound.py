@@ -10,6 +10,7 @@ import hmac
 import json
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -24,8 +25,10 @@ from spek_sentinel.paging.inbound import (
     verify_slack,
 )
 from spek_sentinel.paging.slack import message
-from spek_sentinel.store import sqlite as state
+from spek_sentinel.store.db import STATE_FILE, SqliteDb
 from spek_sentinel.store.inbound import INBOUND_MIGRATION, ReplayGuard
+from spek_sentinel.store.open import StateLocation
+from spek_sentinel.store.schema import MIGRATIONS, statements
 
 NOW = 1_795_000_000.0
 PD_SECRET = "pd-webhook-s3cr3t-ROTATE-ME"  # noqa: S105 (a test value)
@@ -50,8 +53,9 @@ def assert_rejected(
 
 
 @pytest.fixture
-def guard(tmp_path: Path) -> Iterator[ReplayGuard]:
-    db = state.open_state_db(tmp_path / state.STATE_FILE)
+def guard(state: StateLocation) -> Iterator[ReplayGuard]:
+    """On SQLite and on PostgreSQL: the same contract."""
+    db = state.open()
     replay_guard = ReplayGuard(db)
     replay_guard.ensure_schema()
     yield replay_guard
@@ -460,17 +464,16 @@ def test_slack_our_button_among_others_is_found() -> None:
     assert (answer.action, answer.dedup_key) == ("dismiss", "inc-7")
 
 
-# -- the replay guard in the state file ---------------------------------------------------------
+# -- the replay guard in the state database (SQLite or PostgreSQL) ----------------------------
 
 
-def test_replay_guard_survives_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / state.STATE_FILE
-    first = state.open_state_db(path)
+def test_replay_guard_survives_a_restart(state: StateLocation) -> None:
+    first = state.open()
     ReplayGuard(first).ensure_schema()
     assert ReplayGuard(first).first_time("pagerduty", "evt-1", NOW)
     first.close()
 
-    second = state.open_state_db(path)  # a new process on the same state file
+    second = state.open()  # a new process on the same state
     guard = ReplayGuard(second)
     guard.ensure_schema()  # idempotent
     assert not guard.first_time("pagerduty", "evt-1", NOW + 10)
@@ -478,10 +481,8 @@ def test_replay_guard_survives_a_restart(tmp_path: Path) -> None:
     second.close()
 
 
-def test_replay_guard_two_connections_at_once(tmp_path: Path) -> None:
-    path = tmp_path / state.STATE_FILE
-    one, two = state.open_state_db(path), state.open_state_db(path)
-    ReplayGuard(one).ensure_schema()
+def test_replay_guard_two_connections_at_once(state: StateLocation) -> None:
+    one, two = state.open(), state.open()
     assert ReplayGuard(one).first_time("slack", "sig-1", NOW)
     assert not ReplayGuard(two).first_time("slack", "sig-1", NOW)
     one.close()
@@ -502,23 +503,24 @@ def test_replay_guard_prunes_as_it_records(guard: ReplayGuard) -> None:
     assert guard.first_time("pagerduty", "old", NOW + 700)  # forgotten: expired by then anyway
 
 
-def test_migration_applies_after_ensure_schema(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A state file where ensure_schema made the table still migrates once the lead appends
-    INBOUND_MIGRATION to MIGRATIONS, and the table is the one the brief names."""
-    path = tmp_path / state.STATE_FILE
-    db = state.open_state_db(path)
-    ReplayGuard(db).ensure_schema()
-    assert ReplayGuard(db).first_time("slack", "kept", NOW)
-    db.close()
-    if INBOUND_MIGRATION not in state.MIGRATIONS:
-        monkeypatch.setattr(state, "MIGRATIONS", (*state.MIGRATIONS, INBOUND_MIGRATION))
-    db = state.open_state_db(path)
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    assert version == len(state.MIGRATIONS)
+def test_a_state_file_where_ensure_schema_made_the_table_still_migrates(tmp_path: Path) -> None:
+    """State files from before INBOUND_MIGRATION joined the migrations: ensure_schema made the
+    table, the migration (CREATE TABLE IF NOT EXISTS) must still apply on top of it."""
+    path = tmp_path / STATE_FILE
+    with closing(sqlite3.connect(path)) as old:
+        old.execute(f"PRAGMA user_version = {MIGRATIONS.index(INBOUND_MIGRATION)}")
+        for statement in statements(INBOUND_MIGRATION):
+            old.execute(statement)
+        for migration in MIGRATIONS[: MIGRATIONS.index(INBOUND_MIGRATION)]:
+            for statement in statements(migration):
+                old.execute(statement)
+        old.execute("INSERT INTO inbound_seen VALUES ('slack', 'kept', ?)", (NOW,))
+        old.commit()
+    db = SqliteDb.open(path)
+    assert db.execute("PRAGMA user_version").rows == [(len(MIGRATIONS),)]
     columns = [
-        (row[1], row[2], row[3], row[5]) for row in db.execute("PRAGMA table_info(inbound_seen)")
+        (row[1], row[2], row[3], row[5])
+        for row in db.execute("PRAGMA table_info(inbound_seen)").rows
     ]
     assert columns == [
         ("source", "TEXT", 1, 1),
@@ -527,6 +529,3 @@ def test_migration_applies_after_ensure_schema(
     ]
     assert not ReplayGuard(db).first_time("slack", "kept", NOW + 1)
     db.close()
-    fresh = sqlite3.connect(tmp_path / "fresh.sqlite3")
-    fresh.executescript(INBOUND_MIGRATION)  # on its own, too
-    fresh.close()

@@ -7,7 +7,6 @@ import asyncio
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from harness.http_receiver import HttpReceiver
 from harness.tcp_stub import TcpStub
@@ -15,6 +14,8 @@ from harness.wait import wait_until
 from spek_sentinel.paging.base import Notice, NoticeKind, Pager, Urgency
 from spek_sentinel.paging.outbox import Outbox, backoff
 from spek_sentinel.paging.webhook import WebhookPager, WebhookSettings
+from spek_sentinel.store.open import StateLocation
+from state_helpers import CHILD_STATE, state_arg
 
 SECRET = "outbox-test-hmac-secret"  # noqa: S105 -- a test value
 NOTICE = Notice(
@@ -45,9 +46,9 @@ def webhook(receiver: HttpReceiver) -> dict[str, Pager]:
     return {"oncall": WebhookPager("oncall", WebhookSettings(url=receiver.url, secret=SECRET))}
 
 
-def test_a_page_is_stored_before_sending_and_retried_until_delivered(tmp_path: Path) -> None:
+def test_a_page_is_stored_before_sending_and_retried_until_delivered(state: StateLocation) -> None:
     with HttpReceiver(status=503) as receiver:
-        outbox = Outbox.in_dir(tmp_path)
+        outbox = Outbox.open(state)
         outbox.enqueue(NOTICE, ["oncall"], now=1000.0)
         [entry] = outbox.entries()
         assert (entry.status, entry.attempts) == ("pending", 0)  # written before any send
@@ -67,12 +68,12 @@ def test_a_page_is_stored_before_sending_and_retried_until_delivered(tmp_path: P
         outbox.close()
 
 
-def test_pending_pages_survive_a_restart(tmp_path: Path) -> None:
-    first = Outbox.in_dir(tmp_path)
+def test_pending_pages_survive_a_restart(state: StateLocation) -> None:
+    first = Outbox.open(state)
     first.enqueue(NOTICE, ["oncall", "slack"], now=1000.0)
     first.close()  # the sentinel dies before sending anything
     with HttpReceiver(status=200) as receiver:
-        second = Outbox.in_dir(tmp_path)
+        second = Outbox.open(state)
         assert deliver(second, webhook(receiver), now=1010.0) == [True]
         statuses = {(e.pager, e.status) for e in second.entries()}
         # the Slack page waits for its pager rather than being dropped
@@ -82,9 +83,9 @@ def test_pending_pages_survive_a_restart(tmp_path: Path) -> None:
         second.close()
 
 
-def test_a_refused_page_is_marked_failed_and_an_old_one_expires(tmp_path: Path) -> None:
+def test_a_refused_page_is_marked_failed_and_an_old_one_expires(state: StateLocation) -> None:
     with HttpReceiver(status=400, reply=b"bad request") as receiver:
-        outbox = Outbox.in_dir(tmp_path, expire_after=3600)
+        outbox = Outbox.open(state, expire_after=3600)
         outbox.enqueue(NOTICE, ["oncall"], now=1000.0)
         assert deliver(outbox, webhook(receiver), now=1000.0) == [False]
         outbox.enqueue(NOTICE, ["oncall"], now=1000.0)
@@ -101,26 +102,28 @@ def test_backoff_doubles_up_to_its_cap() -> None:
     assert backoff(30) == 300.0
 
 
-SENDER = """
-import asyncio, sys
-from pathlib import Path
+SENDER = (
+    CHILD_STATE
+    + """
+import asyncio
 from spek_sentinel.paging.outbox import Outbox
 from spek_sentinel.paging.webhook import WebhookPager, WebhookSettings
 
-outbox = Outbox.in_dir(Path(sys.argv[1]))
+outbox = Outbox.open(state)
 pager = WebhookPager("oncall", WebhookSettings(url=sys.argv[2], secret="s", timeout=60))
 print("sending", flush=True)
 asyncio.run(outbox.deliver_due({"oncall": pager}, now=1000.0))
 """
+)
 
 
-def test_a_sentinel_killed_mid_delivery_loses_no_page(tmp_path: Path) -> None:
-    outbox = Outbox.in_dir(tmp_path)
+def test_a_sentinel_killed_mid_delivery_loses_no_page(state: StateLocation) -> None:
+    outbox = Outbox.open(state)
     outbox.enqueue(NOTICE, ["oncall"], now=1000.0)
     outbox.close()
     with TcpStub() as stub:  # accepts the connection and never answers: delivery in flight
         sender = subprocess.Popen(
-            [sys.executable, "-c", SENDER, str(tmp_path), f"http://127.0.0.1:{stub.port}/"],
+            [sys.executable, "-c", SENDER, state_arg(state), f"http://127.0.0.1:{stub.port}/"],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -130,7 +133,7 @@ def test_a_sentinel_killed_mid_delivery_loses_no_page(tmp_path: Path) -> None:
             sender.kill()  # SIGKILL, mid-request
             sender.wait(timeout=30)
     with HttpReceiver(status=200) as receiver:
-        restarted = Outbox.in_dir(tmp_path)
+        restarted = Outbox.open(state)
         [entry] = restarted.entries()
         assert entry.status == "pending"  # the killed attempt did not count it as sent
         assert deliver(restarted, webhook(receiver), now=1001.0) == [True]

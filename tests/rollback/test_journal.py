@@ -3,13 +3,10 @@ tokens that shut out a former holder, takeover only from an executor that is cer
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -28,14 +25,18 @@ from spek_sentinel.rollback.journal import (
     holding,
     owner_is_gone,
 )
-from spek_sentinel.store.sqlite import MIGRATIONS, STATE_FILE, SqliteStore
+from spek_sentinel.store.open import StateLocation
+from spek_sentinel.store.records import StateStore
+from spek_sentinel.store.schema import MIGRATIONS
+from state_helpers import schema_version
 
 FINGERPRINT = "f" * 64
 
 
 @pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    opened = Journal.in_dir(tmp_path)
+def journal(state: StateLocation) -> Iterator[Journal]:
+    """On SQLite and on PostgreSQL: the same contract."""
+    opened = Journal.open(state)
     yield opened
     opened.close()
 
@@ -62,15 +63,17 @@ def claim(
     )
 
 
-def test_of_many_executors_racing_for_one_incident_exactly_one_holds_it(tmp_path: Path) -> None:
-    Journal.in_dir(tmp_path).close()  # migrated before the race
+def test_of_many_executors_racing_for_one_incident_exactly_one_holds_it(
+    state: StateLocation,
+) -> None:
+    Journal.open(state).close()  # migrated before the race
     racers = 8
     start, finish = threading.Barrier(racers), threading.Barrier(racers)
     won: list[RunRecord] = []
     refused: list[JournalRefusedError] = []
 
     def racer() -> None:
-        journal = Journal.in_dir(tmp_path)
+        journal = Journal.open(state)  # a connection of its own, as another process has
         with holding(Owner.new()) as owner:  # every racer is alive until all have tried
             start.wait(10)
             try:
@@ -87,6 +90,47 @@ def test_of_many_executors_racing_for_one_incident_exactly_one_holds_it(tmp_path
         thread.join(30)
     assert len(won) == 1 and len(refused) == racers - 1
     assert "may still be running" in refused[0].reason
+
+
+def test_of_executors_racing_to_claim_one_step_exactly_one_claims_it(
+    state: StateLocation,
+) -> None:
+    """The read that finds the step unclaimed and the write that claims it are one write
+    transaction: the losers are told the step is taken (not a duplicate-key error), and the
+    winner's claim is the one recorded."""
+    with holding(Owner.new()) as owner:
+        first = Journal.open(state)
+        begin(first, owner)
+        first.close()
+        racers = 6
+        start = threading.Barrier(racers)
+        won: list[StepRecord] = []
+        refused: list[StepNotClaimableError] = []
+        failed: list[BaseException] = []
+
+        def racer() -> None:
+            journal = Journal.open(state)
+            try:
+                start.wait(10)
+                won.append(claim(journal, owner, index=3))
+            except StepNotClaimableError as exc:
+                refused.append(exc)
+            except BaseException as exc:
+                failed.append(exc)
+            finally:
+                journal.close()
+
+        threads = [threading.Thread(target=racer) for _ in range(racers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert failed == []
+    assert len(won) == 1 and len(refused) == racers - 1
+    assert "already claimed" in refused[0].reason
+    reader = Journal.open(state)
+    assert reader.steps("inc-1")[3].attempt == 1
+    reader.close()
 
 
 def test_a_step_is_claimed_once_and_only_its_own_attempt_records_its_end(
@@ -179,18 +223,17 @@ def test_a_finished_run_is_never_begun_again(journal: Journal) -> None:
 
 
 def test_the_journal_lives_in_the_versioned_state_store_and_survives_a_reopen(
-    tmp_path: Path,
+    state: StateLocation,
 ) -> None:
-    store = SqliteStore.in_dir(tmp_path)  # the same file, opened by the state store too
-    journal = Journal.in_dir(tmp_path)
+    store = StateStore.open(state)  # the same state, opened by the state store too
+    journal = Journal.open(state)
     with holding(Owner.new()) as owner:
         begin(journal, owner)
         claim(journal, owner)
     journal.close()
     store.close()
-    with contextlib.closing(sqlite3.connect(tmp_path / STATE_FILE)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-    reopened = Journal.in_dir(tmp_path)
+    assert schema_version(state) == len(MIGRATIONS)
+    reopened = Journal.open(state)
     assert reopened.steps("inc-1")[0].status == "claimed"
     run = reopened.run("inc-1")
     assert run is not None and run.started_at == 10.0 and run.status == "running"

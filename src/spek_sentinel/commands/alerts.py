@@ -8,10 +8,15 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any, TextIO
 
-from spek_sentinel.commands.common import EXIT_INVALID, EXIT_OK, add_config_option, load
+from spek_sentinel.commands.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    add_config_option,
+    load,
+    state_of,
+)
 from spek_sentinel.config import Config
 from spek_sentinel.domain.alerts import Alert, AlertError, AlertState, Answer, HumanAction
 from spek_sentinel.domain.units import iso
@@ -64,10 +69,12 @@ def _who(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _open_desk(config: Config) -> AlertDesk:
-    return AlertDesk.in_dir(
-        Path(config.model.sentinel.state_dir), config.escalation, config.notice_pagers
-    )
+def _open_desk(config: Config, args: argparse.Namespace, err: TextIO) -> AlertDesk | None:
+    """On the state database the config names; None after saying why its secret is missing."""
+    state = state_of(config, args, err)
+    if state is None:
+        return None
+    return AlertDesk.open(state, config.escalation, config.notice_pagers)
 
 
 # -- alerts ---------------------------------------------------------------------------------
@@ -93,7 +100,9 @@ def run_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load(args, err)
     if config is None:
         return EXIT_INVALID
-    desk = _open_desk(config)
+    desk = _open_desk(config, args, err)
+    if desk is None:
+        return EXIT_INVALID
     try:
         alerts = desk.store.alerts(include_resolved=args.all)
     finally:
@@ -153,7 +162,9 @@ def _answer(args: argparse.Namespace, out: TextIO, err: TextIO, *, veto: bool = 
     config = load(args, err)
     if config is None:
         return EXIT_INVALID
-    desk = _open_desk(config)
+    desk = _open_desk(config, args, err)
+    if desk is None:
+        return EXIT_INVALID
     try:
         if veto:
             alert = desk.find(args.alert)

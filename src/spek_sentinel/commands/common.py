@@ -8,6 +8,7 @@ from typing import TextIO
 
 from spek_sentinel.config import Config, load_config
 from spek_sentinel.domain.errors import ConfigError
+from spek_sentinel.store.open import StateLocation, state_location
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -40,4 +41,14 @@ def load(args: argparse.Namespace, err: TextIO) -> Config | None:
         return load_config(path)
     except ConfigError as exc:
         report_config_error(path, exc, err)
+        return None
+
+
+def state_of(config: Config, args: argparse.Namespace, err: TextIO) -> StateLocation | None:
+    """Where the config keeps the state (the PostgreSQL DSN is read from its secret here), or
+    None after printing why the secret cannot be read."""
+    try:
+        return state_location(config, os.environ)
+    except ConfigError as exc:
+        report_config_error(config_path(args), exc, err)
         return None

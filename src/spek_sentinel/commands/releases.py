@@ -18,6 +18,7 @@ from spek_sentinel.commands.common import (
     config_path,
     load,
     report_config_error,
+    state_of,
 )
 from spek_sentinel.config import Config
 from spek_sentinel.domain.errors import ConfigError, RollbackError
@@ -32,7 +33,7 @@ from spek_sentinel.service.backups import (
     page_backup_failure,
     take_backup,
 )
-from spek_sentinel.store.sqlite import SqliteStore
+from spek_sentinel.store.records import StateStore
 
 
 def add_parser(commands: Any) -> None:
@@ -81,7 +82,7 @@ def _take_backup(
         return EXIT_INVALID
     except RollbackError as exc:
         err.write(f"the {label} backup failed: {exc}\n")
-        page_backup_failure(config, label, exc, time.time())
+        page_backup_failure(config, label, exc, time.time(), os.environ)
         return EXIT_INVALID
     if record is None:
         return None
@@ -114,12 +115,15 @@ def run_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load(args, err)
     if config is None:
         return EXIT_INVALID
+    state = state_of(config, args, err)
+    if state is None:
+        return EXIT_INVALID
     if not args.no_backup:
         taken = _take_backup(config, args, PRE_DEPLOYMENT, err)
         if isinstance(taken, int):
             err.write(f"release {version} NOT recorded: the pre-deployment backup failed\n")
             return taken
-    store = SqliteStore.in_dir(Path(config.model.sentinel.state_dir))
+    store = StateStore.open(state)
     try:
         release = store.record_release(version, time.time(), args.source)
     finally:
@@ -132,7 +136,10 @@ def run_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load(args, err)
     if config is None:
         return EXIT_INVALID
-    store = SqliteStore.in_dir(Path(config.model.sentinel.state_dir))
+    state = state_of(config, args, err)
+    if state is None:
+        return EXIT_INVALID
+    store = StateStore.open(state)
     try:
         history = store.releases()
         target = store.rollback_target()

@@ -8,7 +8,6 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TextIO
 
 from spek_sentinel.commands.common import (
@@ -18,6 +17,7 @@ from spek_sentinel.commands.common import (
     config_path,
     load,
     report_config_error,
+    state_of,
 )
 from spek_sentinel.domain.errors import ConfigError, RollbackError
 from spek_sentinel.domain.units import iso
@@ -30,7 +30,7 @@ from spek_sentinel.service.rollback_run import (
     plan_rollback,
     target_release,
 )
-from spek_sentinel.store.sqlite import SqliteStore
+from spek_sentinel.store.records import StateStore
 
 
 def add_parser(commands: Any) -> None:
@@ -63,7 +63,9 @@ def run_rollback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load(args, err)
     if config is None:
         return EXIT_INVALID
-    target = target_release(config, args.to)
+    if state_of(config, args, err) is None:  # the state database's secret, before planning
+        return EXIT_INVALID
+    target = target_release(config, args.to, os.environ)
     now = time.time()
     incident = "manual-" + datetime.fromtimestamp(now, UTC).strftime("%Y%m%d-%H%M%S")
     request = PlanRequest(incident, args.playbook, target, args.reason or "manual rollback", now)
@@ -99,13 +101,16 @@ def run_incidents(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load(args, err)
     if config is None:
         return EXIT_INVALID
-    journal = Journal.in_dir(Path(config.model.sentinel.state_dir))
+    state = state_of(config, args, err)
+    if state is None:
+        return EXIT_INVALID
+    journal = Journal.open(state)
     try:
         if args.show:
             if not args.incident:
                 err.write("incidents show needs an incident id\n")
                 return EXIT_INVALID
-            store = SqliteStore.in_dir(Path(config.model.sentinel.state_dir))
+            store = StateStore.open(state)
             try:
                 incident = store.incident(args.incident)
             finally:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import getpass
 import time
-from pathlib import Path
 from typing import Any, TextIO
 
-from spek_sentinel.commands.common import EXIT_INVALID, EXIT_OK, add_config_option, load
+from spek_sentinel.commands.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    add_config_option,
+    load,
+    state_of,
+)
 from spek_sentinel.domain.errors import InputError
 from spek_sentinel.service.signals import SignalRequest, record_signal
-from spek_sentinel.store.sqlite import SqliteStore
+from spek_sentinel.store.records import StateStore
 
 
 def add_parser(commands: Any) -> None:
@@ -39,7 +44,10 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         value=args.value,
         resolve=args.resolve,
     )
-    store = SqliteStore.in_dir(Path(config.model.sentinel.state_dir))
+    state = state_of(config, args, err)
+    if state is None:
+        return EXIT_INVALID
+    store = StateStore.open(state)
     try:
         outcome = record_signal(config, store, request, time.time())
     except InputError as exc:
@@ -47,5 +55,5 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_INVALID
     finally:
         store.close()
-    out.write(f"{outcome.describe()} ({store.path})\n")
+    out.write(f"{outcome.describe()} ({state.where})\n")
     return EXIT_OK

@@ -28,8 +28,18 @@ class SentinelSettings(StrictModel):
     auto_rollback: bool = True  # false = shadow mode: decide and page, never execute
     cooldown: Duration = 3600.0  # at most one automatic rollback per cooldown
     state_dir: str = "/var/lib/spek-sentinel"  # incidents, pushed signals, journal (SQLite)
+    # the state in PostgreSQL instead (replicas on several hosts share it): the DSN is a
+    # secret, named by an environment variable or a file; neither = SQLite under state_dir
+    state_dsn_env: str | None = None
+    state_dsn_file: str | None = None
     # before an automatic rollback: page "rolling back in N s unless vetoed"; "0s" = at once
     veto_window: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _one_state_dsn(self) -> SentinelSettings:
+        if self.state_dsn_env is not None and self.state_dsn_file is not None:
+            raise ValueError("set state_dsn_env or state_dsn_file, not both")
+        return self
 
 
 class ApiSettings(StrictModel):

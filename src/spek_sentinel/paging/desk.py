@@ -9,8 +9,7 @@ the daemon carries out once each (``pending_actions`` / ``mark_applied``).
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,7 +30,8 @@ from spek_sentinel.paging.base import Notice, NoticeKind, Urgency
 from spek_sentinel.paging.outbox import Outbox, notice_from_json, notice_to_json
 from spek_sentinel.paging.text import condition_text, value_text
 from spek_sentinel.store.alerts import AlertStore
-from spek_sentinel.store.sqlite import STATE_FILE, open_state_db
+from spek_sentinel.store.db import STATE_FILE, StateDb, sqlite_or_given
+from spek_sentinel.store.open import StateSource, open_state
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,15 @@ def _notice(decision: Page | Rollback, key: str, at: float) -> Notice:
 class AlertDesk:
     def __init__(
         self,
-        path: Path,
+        db: StateDb | Path,
         escalation: EscalationPolicy,
         notice_pagers: Sequence[str] = (),
     ) -> None:
-        self._db = open_state_db(path)
-        self._lock = threading.RLock()
-        self.store = AlertStore(self._db, self._lock)
-        self.outbox = Outbox(path, shared=(self._db, self._lock))
+        """``db``: an open state database (the desk closes it), or the SQLite file's path. The
+        alerts and the outbox share it: an alert's change and its pages commit together."""
+        self._db = sqlite_or_given(db)
+        self.store = AlertStore(self._db)
+        self.outbox = Outbox(self._db, shared=True)
         self.escalation = escalation
         self.notice_pagers = tuple(notice_pagers)
 
@@ -96,9 +97,24 @@ class AlertDesk:
     ) -> AlertDesk:
         return cls(state_dir / STATE_FILE, escalation, notice_pagers)
 
+    @classmethod
+    def open(
+        cls,
+        source: StateSource,
+        escalation: EscalationPolicy,
+        notice_pagers: Sequence[str] = (),
+        environ: Mapping[str, str] | None = None,
+    ) -> AlertDesk:
+        """On the state database the config names (``[sentinel]``)."""
+        return cls(open_state(source, environ), escalation, notice_pagers)
+
+    @property
+    def db(self) -> StateDb:
+        """The state database the desk writes to (shared by its alerts and its outbox)."""
+        return self._db
+
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     # -- decisions ----------------------------------------------------------------------------
 

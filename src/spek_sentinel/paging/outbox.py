@@ -6,15 +6,14 @@ failure is counted and said."""
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from spek_sentinel.paging.base import Delivery, Notice, NoticeKind, Pager, Urgency
 from spek_sentinel.secrets import redact
-from spek_sentinel.store.sqlite import STATE_FILE, open_state_db
+from spek_sentinel.store.db import STATE_FILE, StateDb, sqlite_or_given
+from spek_sentinel.store.open import StateSource, open_state
 
 FIRST_RETRY = 5.0  # seconds; doubled on each failure
 MAX_RETRY = 300.0
@@ -53,67 +52,68 @@ def backoff(attempts: int) -> float:
 class Outbox:
     def __init__(
         self,
-        path: Path,
+        db: StateDb | Path,
         expire_after: float = EXPIRE_AFTER,
-        shared: tuple[sqlite3.Connection, threading.RLock] | None = None,
+        *,
+        shared: bool = False,
     ) -> None:
-        """``shared``: a connection and its lock used with other stores, so that a page can be
-        enqueued in the same transaction as the state change it reports."""
-        if shared is None:
-            self._db: sqlite3.Connection = open_state_db(path)
-            self._lock = threading.RLock()
-            self._owns_db = True
-        else:
-            self._db, self._lock = shared
-            self._owns_db = False
+        """``db``: an open state database, or the SQLite file's path. ``shared``: the database
+        is used with other stores (its owner closes it), so that a page can be enqueued in the
+        same transaction as the state change it reports."""
+        self._db = sqlite_or_given(db)
+        self._owns_db = not shared
         self._expire_after = expire_after
 
     @classmethod
     def in_dir(cls, state_dir: Path, expire_after: float = EXPIRE_AFTER) -> Outbox:
         return cls(state_dir / STATE_FILE, expire_after)
 
+    @classmethod
+    def open(
+        cls,
+        source: StateSource,
+        environ: Mapping[str, str] | None = None,
+        expire_after: float = EXPIRE_AFTER,
+    ) -> Outbox:
+        """On the state database the config names (``[sentinel]``)."""
+        return cls(open_state(source, environ), expire_after)
+
     def close(self) -> None:
         if self._owns_db:
-            with self._lock:
-                self._db.close()
+            self._db.close()
 
     def enqueue(self, notice: Notice, pagers: Sequence[str], now: float) -> list[int]:
         """Store one row per pager before anything is sent; returns their ids."""
         text = notice_to_json(notice)
-        ids = []
-        with self._lock:
-            for pager in pagers:
-                cursor = self._db.execute(
+        with self._db.transaction():
+            return [
+                self._db.insert(
                     "INSERT INTO page_outbox (pager, dedup_key, notice, created_at,"
                     " next_attempt_at, status) VALUES (?, ?, ?, ?, ?, 'pending')",
                     (pager, notice.dedup_key, text, now, now),
                 )
-                ids.append(int(cursor.lastrowid or 0))
-        return ids
+                for pager in pagers
+            ]
 
     def _due(self, now: float) -> list[tuple[int, str, str, float, int]]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, pager, notice, created_at, attempts FROM page_outbox"
-                " WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id",
-                (now,),
-            ).fetchall()
+        rows = self._db.execute(
+            "SELECT id, pager, notice, created_at, attempts FROM page_outbox"
+            " WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id",
+            (now,),
+        ).rows
         return [(int(r[0]), str(r[1]), str(r[2]), float(r[3]), int(r[4])) for r in rows]
 
     def _end(self, row_id: int, status: str, error: str, now: float) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE page_outbox SET status = ?, last_error = ?, ended_at = ? WHERE id = ?",
-                (status, error, now, row_id),
-            )
+        self._db.execute(
+            "UPDATE page_outbox SET status = ?, last_error = ?, ended_at = ? WHERE id = ?",
+            (status, error, now, row_id),
+        )
 
     def _retry_later(self, row_id: int, attempts: int, error: str, now: float) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE page_outbox SET attempts = ?, last_error = ?, next_attempt_at = ?"
-                " WHERE id = ?",
-                (attempts, error, now + backoff(attempts), row_id),
-            )
+        self._db.execute(
+            "UPDATE page_outbox SET attempts = ?, last_error = ?, next_attempt_at = ? WHERE id = ?",
+            (attempts, error, now + backoff(attempts), row_id),
+        )
 
     async def deliver_due(self, pagers: Mapping[str, Pager], now: float) -> list[Delivery]:
         """Send every page that is due, in order; record each outcome."""
@@ -139,24 +139,20 @@ class Outbox:
         return deliveries
 
     def entries(self) -> list[OutboxEntry]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, pager, dedup_key, status, attempts, last_error, created_at,"
-                " next_attempt_at FROM page_outbox ORDER BY id"
-            ).fetchall()
+        rows = self._db.execute(
+            "SELECT id, pager, dedup_key, status, attempts, last_error, created_at,"
+            " next_attempt_at FROM page_outbox ORDER BY id"
+        ).rows
         return [OutboxEntry(*row) for row in rows]
 
     def notices(self, status: str = "pending") -> list[tuple[str, Notice]]:
         """(pager, notice) of every page in ``status``, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT pager, notice FROM page_outbox WHERE status = ? ORDER BY id", (status,)
-            ).fetchall()
+        rows = self._db.execute(
+            "SELECT pager, notice FROM page_outbox WHERE status = ? ORDER BY id", (status,)
+        ).rows
         return [(str(pager), notice_from_json(text)) for pager, text in rows]
 
     def pending_count(self) -> int:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT count(*) FROM page_outbox WHERE status = 'pending'"
-            ).fetchone()
+        row = self._db.execute("SELECT count(*) FROM page_outbox WHERE status = 'pending'").one()
+        assert row is not None
         return int(row[0])

@@ -12,11 +12,11 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from spek_sentinel.config.probes import PushedProbe
 from spek_sentinel.store.base import SignalStore
-from spek_sentinel.store.sqlite import SqliteStore
+from spek_sentinel.store.open import StateLocation
+from spek_sentinel.store.records import StateStore
 
 
 @dataclass(slots=True)
@@ -55,14 +55,14 @@ class PushedSignalsProbe:
 
 
 def build(
-    name: str, model: PushedProbe, interval: float, environ: Mapping[str, str], state_dir: Path
+    name: str, model: PushedProbe, interval: float, state: StateLocation
 ) -> PushedSignalsProbe:
     measures = {signal: spec.measure or "value" for signal, spec in model.signals.items()}
     return PushedSignalsProbe(
         name=name,
         interval=interval,
         timeout=model.timeout,
-        store=SqliteStore.in_dir(state_dir),
+        store=StateStore.open(state),
         measures=measures,
         stale_after=model.stale_after,
     )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 from spek_sentinel.config import Config
 from spek_sentinel.domain.errors import ConfigError, ConfigProblem
 from spek_sentinel.probes import pushed
 from spek_sentinel.probes.base import Probe
+from spek_sentinel.store.open import state_location
 
 
 class ProbeFactory(Protocol):
@@ -49,8 +49,8 @@ def build_probes(config: Config, environ: Mapping[str, str]) -> list[Probe]:
         try:
             if model.kind == "pushed":
                 # pushed signals live in the state store, not behind a network address
-                state_dir = Path(config.model.sentinel.state_dir)
-                probes.append(pushed.build(name, model, interval, environ, state_dir))
+                state = state_location(config, environ)
+                probes.append(pushed.build(name, model, interval, state))
             else:
                 probes.append(factory_for(model.kind)(name, model, interval, environ))
         except ConfigError as exc:

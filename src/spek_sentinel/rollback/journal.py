@@ -2,8 +2,9 @@
 
 A step is claimed here before it runs and its outcome is written when it ends, so after a
 crash the next executor knows exactly what finished, what was only started, and what never
-began. Every write is a conditional write inside ``BEGIN IMMEDIATE``: exactly one executor
-holds a run at a time.
+began. Every write is a conditional write inside a write transaction that serialises writers
+(``StateDb.transaction``: ``BEGIN IMMEDIATE`` on SQLite, the state tables locked on PostgreSQL):
+exactly one executor holds a run at a time, also across replicas sharing a PostgreSQL state.
 
 Who may act on a run:
 
@@ -22,16 +23,16 @@ import contextlib
 import json
 import os
 import socket
-import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from spek_sentinel.domain.errors import RollbackError
-from spek_sentinel.store.sqlite import STATE_FILE, open_state_db
+from spek_sentinel.store.db import STATE_FILE, StateDb, sqlite_or_given
+from spek_sentinel.store.open import StateSource, open_state
 
 RunStatus = Literal["running", "succeeded", "halted", "failed"]
 StepStatus = Literal["claimed", "succeeded", "failed", "skipped"]
@@ -237,65 +238,58 @@ def _step_record(row: tuple[Any, ...]) -> StepRecord:
 
 
 class Journal:
-    """The rollback journal in the SQLite state file (``rollback_runs``, ``rollback_steps``).
+    """The rollback journal in the state database (``rollback_runs``, ``rollback_steps``).
 
     Times are whatever clock the executor passes (wall seconds by default).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = open_state_db(path, busy_timeout_ms=10_000)
+    BUSY_TIMEOUT_MS = 10_000
+
+    def __init__(self, db: StateDb | Path) -> None:
+        """``db``: an open state database (the journal closes it), or the SQLite file's path."""
+        self._db = sqlite_or_given(db, self.BUSY_TIMEOUT_MS)
 
     @classmethod
     def in_dir(cls, state_dir: Path) -> Journal:
         return cls(state_dir / STATE_FILE)
 
+    @classmethod
+    def open(cls, source: StateSource, environ: Mapping[str, str] | None = None) -> Journal:
+        """On the state database the config names (``[sentinel]``)."""
+        return cls(open_state(source, environ, cls.BUSY_TIMEOUT_MS))
+
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction that takes the database lock up front, so the read that
-        decides and the write that claims cannot interleave with another executor's."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _write(self) -> Iterator[StateDb]:
+        """One write transaction that takes the database's write lock up front, so the read
+        that decides and the write that claims cannot interleave with another executor's."""
+        with self._db.transaction():
+            yield self._db
 
     # ---- reading -------------------------------------------------------------------------
 
     def run(self, incident_id: str) -> RunRecord | None:
-        with self._lock:
-            return self._run(self._db, incident_id)
+        return self._run(self._db, incident_id)
 
     def runs(self) -> list[RunRecord]:
         """Every rollback run, newest first."""
-        with self._lock:
-            rows = self._db.execute(_SELECT_RUNS_NEWEST_FIRST).fetchall()
-        return [_run_record(row) for row in rows]
+        return [_run_record(row) for row in self._db.execute(_SELECT_RUNS_NEWEST_FIRST).rows]
 
     def steps(self, incident_id: str) -> dict[int, StepRecord]:
         """Every step that was ever claimed for the incident, by index."""
-        with self._lock:
-            rows = self._db.execute(
-                _SELECT_STEPS + " ORDER BY step_index", (incident_id,)
-            ).fetchall()
+        rows = self._db.execute(_SELECT_STEPS + " ORDER BY step_index", (incident_id,)).rows
         return {row[1]: _step_record(row) for row in rows}
 
     @staticmethod
-    def _run(db: sqlite3.Connection, incident_id: str) -> RunRecord | None:
-        row = db.execute(_SELECT_RUN, (incident_id,)).fetchone()
+    def _run(db: StateDb, incident_id: str) -> RunRecord | None:
+        row = db.execute(_SELECT_RUN, (incident_id,)).one()
         return None if row is None else _run_record(row)
 
     @staticmethod
-    def _step(db: sqlite3.Connection, incident_id: str, index: int) -> StepRecord | None:
-        row = db.execute(_SELECT_STEPS + " AND step_index = ?", (incident_id, index)).fetchone()
+    def _step(db: StateDb, incident_id: str, index: int) -> StepRecord | None:
+        row = db.execute(_SELECT_STEPS + " AND step_index = ?", (incident_id, index)).one()
         return None if row is None else _step_record(row)
 
     # ---- holding a run ---------------------------------------------------------------------
@@ -345,7 +339,7 @@ class Journal:
         assert found is not None
         return found
 
-    def _holder(self, db: sqlite3.Connection, incident_id: str, owner: Owner, token: int) -> None:
+    def _holder(self, db: StateDb, incident_id: str, owner: Owner, token: int) -> None:
         run = self._run(db, incident_id)
         if run is None:
             raise LostRunError(f"incident {incident_id}: no rollback run in the journal")
@@ -384,7 +378,16 @@ class Journal:
                     "INSERT INTO rollback_steps (incident_id, step_index, name, idempotent, "
                     "destructive, status, attempt, owner, fencing_token, claimed_at, output, "
                     "error) VALUES (?, ?, ?, ?, ?, 'claimed', 1, ?, ?, ?, '', '')",
-                    (incident_id, index, name, idempotent, destructive, str(owner), token, at),
+                    (
+                        incident_id,
+                        index,
+                        name,
+                        int(idempotent),
+                        int(destructive),
+                        str(owner),
+                        token,
+                        at,
+                    ),
                 )
             elif again and existing.status == "claimed" and existing.name == name:
                 db.execute(
@@ -426,7 +429,7 @@ class Journal:
         even after losing the run: what really happened belongs in the journal. A step that
         ends downtime (and succeeded) records the end in the same transaction."""
         with self._write() as db:
-            cursor = db.execute(
+            updated = db.execute(
                 "UPDATE rollback_steps SET status = ?, ended_at = ?, duration = ? - claimed_at, "
                 "output = ?, error = ?, verified_backup = ? "
                 "WHERE incident_id = ? AND step_index = ? AND owner = ? AND attempt = ? "
@@ -444,7 +447,7 @@ class Journal:
                     attempt,
                 ),
             )
-            if cursor.rowcount != 1:
+            if updated.rowcount != 1:
                 raise LostRunError(
                     f"incident {incident_id}: step {index} attempt {attempt} is no longer "
                     f"claimed by executor {owner}"
@@ -468,12 +471,12 @@ class Journal:
         """Record that the downtime budget was exceeded; True only the first time."""
         with self._write() as db:
             self._holder(db, incident_id, owner, token)
-            cursor = db.execute(
+            updated = db.execute(
                 "UPDATE rollback_runs SET budget_exceeded_at = ? "
                 "WHERE incident_id = ? AND budget_exceeded_at IS NULL",
                 (at, incident_id),
             )
-            return cursor.rowcount == 1
+            return updated.rowcount == 1
 
     def finish_run(
         self,

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import hmac
 import json
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import closing
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -59,7 +56,6 @@ from spek_sentinel.secrets import read_secret
 from spek_sentinel.service.signals import SignalRequest, pushed_measures, record_signal
 from spek_sentinel.store.base import SignalStore
 from spek_sentinel.store.inbound import ReplayGuard
-from spek_sentinel.store.sqlite import STATE_FILE, open_state_db
 
 MAX_BODY = 64 * 1024
 _SIGNAL_FIELDS = {"name", "value", "reason", "by", "resolve"}
@@ -209,34 +205,23 @@ def _include_resolved(request: Request) -> bool:
 
 
 class _Deliveries:
-    """Which inbound deliveries were acted on (the ``inbound_seen`` table of the state file, the
-    one ``ReplayGuard`` keeps). Read before acting, recorded only once the answer is stored, so
-    a vendor's retry after our failure is still heard. One short connection per delivery: they
-    are rare, and nothing stays open between requests."""
+    """Which inbound deliveries were acted on (the ``inbound_seen`` table of the state database,
+    the one ``ReplayGuard`` keeps), on the desk's connection to it. Read before acting, recorded
+    only once the answer is stored, so a vendor's retry after our failure is still heard."""
 
-    def __init__(self, state_file: Path, max_age: float) -> None:
-        self._path = state_file
+    def __init__(self, desk: AlertDesk, max_age: float) -> None:
+        self._desk = desk
         self._max_age = max_age
 
-    def _open(self) -> tuple[sqlite3.Connection, ReplayGuard]:
-        db = open_state_db(self._path)
-        guard = ReplayGuard(db, self._max_age)
-        guard.ensure_schema()  # a no-op once the state file's migrations include the table
-        return db, guard
-
     def seen(self, source: str, event_id: str, now: float) -> bool:
-        db, _ = self._open()
-        with closing(db):
-            row = db.execute(
-                "SELECT 1 FROM inbound_seen WHERE source = ? AND event_id = ? AND seen_at >= ?",
-                (source, event_id, now - 2.0 * self._max_age),
-            ).fetchone()
+        row = self._desk.db.execute(
+            "SELECT 1 FROM inbound_seen WHERE source = ? AND event_id = ? AND seen_at >= ?",
+            (source, event_id, now - 2.0 * self._max_age),
+        ).one()
         return row is not None
 
     def record(self, source: str, event_id: str, now: float) -> bool:
-        db, guard = self._open()
-        with closing(db):
-            return guard.first_time(source, event_id, now)
+        return ReplayGuard(self._desk.db, self._max_age).first_time(source, event_id, now)
 
 
 class _AlertRoutes:
@@ -301,13 +286,11 @@ class _InboundRoutes:
         desk: AlertDesk | None,
         inbound: InboundSecrets | None,
         clock: Callable[[], float],
-        state_file: Path,
     ) -> None:
         self.desk = desk
         self.inbound = inbound
         self.clock = clock
         self.max_age = inbound.max_age if inbound is not None else DEFAULT_MAX_AGE
-        self.deliveries = _Deliveries(state_file, self.max_age)
         self.rejected: Counter[tuple[str, str]] = Counter()
 
     def routes(self) -> list[Route]:
@@ -351,7 +334,8 @@ class _InboundRoutes:
         loop between the replay check, the answer and recording the delivery as seen, which
         happens only once the answer is stored (a vendor's retry after our failure is heard)."""
         source = delivery.source
-        if self.deliveries.seen(source, delivery.event_id, now):
+        deliveries = _Deliveries(desk, self.max_age)
+        if deliveries.seen(source, delivery.event_id, now):
             return self.refuse(source, REPLAYED, 401)
         key = delivery.dedup_key
         alert = desk.store.live(key) or desk.store.latest(key)  # by key only, never as an id
@@ -368,7 +352,7 @@ class _InboundRoutes:
             )
         except AlertError as exc:
             return self.refuse(source, CONFLICT, exc.status, str(exc))
-        self.deliveries.record(source, delivery.event_id, now)
+        deliveries.record(source, delivery.event_id, now)
         return JSONResponse(_AlertRoutes(desk, None, self.clock).shown(alert))
 
 
@@ -413,8 +397,7 @@ def create_app(
         assert isinstance(exc, HTTPException)
         return _error(exc.status_code, str(exc.detail), exc.headers)
 
-    state_file = Path(config.model.sentinel.state_dir) / STATE_FILE
-    answers = _InboundRoutes(desk, inbound, clock, state_file)
+    answers = _InboundRoutes(desk, inbound, clock)
     routes: list[BaseRoute] = [
         Route("/api/v1/signals", post_signal, methods=["POST"]),
         Route("/api/v1/signals", list_signals, methods=["GET"]),

@@ -20,7 +20,7 @@ from spek_sentinel.rollback.backup import (
 )
 from spek_sentinel.service.rollback_plan import PlanError, migrator_for
 from spek_sentinel.service.rollback_targets import database_target
-from spek_sentinel.store.sqlite import SqliteStore
+from spek_sentinel.store.records import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,13 @@ def take_backup(config: Config, environ: Mapping[str, str], label: str) -> Backu
     backup_dir = Path(settings.backup_dir)
     preflight(target, backup_dir, settings.step_timeout)
     record = create_backup(target, backup_dir, label, settings.step_timeout)
-    mark_backup(record.path, _current_release(config), _schema(config, target))
+    mark_backup(record.path, _current_release(config, environ), _schema(config, target))
     prune(backup_dir, settings.keep_backups)
     return record
 
 
-def _current_release(config: Config) -> str | None:
-    store = SqliteStore.in_dir(Path(config.model.sentinel.state_dir))
+def _current_release(config: Config, environ: Mapping[str, str]) -> str | None:
+    store = StateStore.open(config, environ)
     try:
         history = store.releases()
     finally:
@@ -65,11 +65,16 @@ def _schema(config: Config, target: DatabaseTarget) -> str | None:
     return str(outcome.version) if outcome.version is not None else outcome.summary[:200]
 
 
-def page_backup_failure(config: Config, label: str, error: RollbackError, now: float) -> None:
-    """A critical alert (the daemon sends it): a backup that did not verify is no backup."""
-    desk = AlertDesk.in_dir(
-        Path(config.model.sentinel.state_dir), config.escalation, config.notice_pagers
-    )
+def page_backup_failure(
+    config: Config,
+    label: str,
+    error: RollbackError,
+    now: float,
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """A critical alert (the daemon sends it): a backup that did not verify is no backup.
+    ``environ`` holds the state database's secret (default: the process environment)."""
+    desk = AlertDesk.open(config, config.escalation, config.notice_pagers, environ)
     try:
         desk.raise_alert(
             f"backup:{label}",

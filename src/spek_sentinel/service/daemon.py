@@ -50,7 +50,8 @@ from spek_sentinel.service.rollback_targets import database_target
 from spek_sentinel.service.sd_notify import Notifier
 from spek_sentinel.service.status_routes import StatusRoutes
 from spek_sentinel.service.watch import Watch
-from spek_sentinel.store.sqlite import SqliteStore
+from spek_sentinel.store.open import state_location
+from spek_sentinel.store.records import StateStore
 from spek_sentinel.store.state import StateDocuments
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,9 @@ class Generation:
         inbound = inbound_secrets(config, environ)
         # the rollback's database: read now, not first when an incident needs a rollback
         database = database_target(config, environ)
+        state = state_location(config, environ)  # SQLite under state_dir, or PostgreSQL
         self.secrets = [
+            *state.secrets,
             *pager_secrets(settings),
             *(value for value in (token, inbound.pagerduty, inbound.slack) if value),
             *(database.secrets if database is not None else ()),
@@ -101,9 +104,9 @@ class Generation:
             pagers=list(self.pagers),
             playbooks=list(config.model.playbooks),
         )
-        self.desk = AlertDesk.in_dir(state_dir, config.escalation, config.notice_pagers)
-        self.documents = StateDocuments.in_dir(state_dir)
-        self.signals = SqliteStore.in_dir(state_dir)
+        self.desk = AlertDesk.open(state, config.escalation, config.notice_pagers)
+        self.documents = StateDocuments.open(state)
+        self.signals = StateStore.open(state)
         self.watch = Watch(
             config,
             environ,
@@ -278,7 +281,7 @@ class Generation:
             )
         except (RollbackError, ConfigError) as exc:
             failure = exc if isinstance(exc, RollbackError) else RollbackError(str(exc))
-            page_backup_failure(self.config, LAST_KNOWN_GOOD, failure, self.clock())
+            page_backup_failure(self.config, LAST_KNOWN_GOOD, failure, self.clock(), self.environ)
             return
         if record is not None:
             log.info("routine backup verified: %s (sha256 %s)", record.path, record.sha256)

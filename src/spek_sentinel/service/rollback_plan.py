@@ -44,7 +44,8 @@ from spek_sentinel.rollback.secret_rotation import check_env_file, rotate_env_se
 from spek_sentinel.rollback.verify import verify_until
 from spek_sentinel.service.rollback_targets import database_target
 from spek_sentinel.store.base import IncidentRecord
-from spek_sentinel.store.sqlite import SqliteStore
+from spek_sentinel.store.open import state_location
+from spek_sentinel.store.records import StateStore
 
 
 class PlanError(RollbackError):
@@ -187,10 +188,10 @@ class _Builder:
             target_release=request.target_release,
             details=f"Affected components: {'; '.join(components) or 'none configured'}",
         )
-        state_dir = Path(self.config.model.sentinel.state_dir)
+        state = state_location(self.config, self.environ)
 
         def document(context: StepContext) -> str:
-            store = SqliteStore.in_dir(state_dir)
+            store = StateStore.open(state)
             try:
                 store.record_incident(record)
             finally:

@@ -15,7 +15,8 @@ from spek_sentinel.rollback.journal import Journal
 from spek_sentinel.rollback.report import render
 from spek_sentinel.service.rollback_plan import PlanRequest, build_plan
 from spek_sentinel.service.rollback_targets import database_target
-from spek_sentinel.store.sqlite import SqliteStore
+from spek_sentinel.store.open import state_location
+from spek_sentinel.store.records import StateStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +41,14 @@ def incident_report(
     )
 
 
-def target_release(config: Config, requested: str | None = None) -> str | None:
-    """The release to return to: the one asked for, else the newest known good."""
+def target_release(
+    config: Config, requested: str | None = None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The release to return to: the one asked for, else the newest known good. ``environ``
+    holds the state database's secret (default: the process environment)."""
     if requested is not None:
         return requested
-    store = SqliteStore.in_dir(Path(config.model.sentinel.state_dir))
+    store = StateStore.open(config, environ)
     try:
         known_good = store.rollback_target()
     finally:
@@ -76,8 +80,8 @@ def execute(
         downtime_target=settings.downtime_target,
         secrets=database.secrets if database is not None else (),
     )
-    state_dir = Path(config.model.sentinel.state_dir)
-    journal = Journal.in_dir(state_dir)
+    state = state_location(config, environ)
+    journal = Journal.open(state)
     try:
         outcome = run(
             plan,
@@ -98,7 +102,7 @@ def execute(
     landed = outcome.status == "succeeded" and request.target_release is not None
     if landed and settings.application is not None:
         assert request.target_release is not None
-        store = SqliteStore.in_dir(state_dir)
+        store = StateStore.open(state)
         try:
             store.record_release(request.target_release, time.time(), "rollback")
         finally:

@@ -7,7 +7,6 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -18,7 +17,8 @@ from spek_sentinel.rollback.journal import Journal
 from spek_sentinel.service.metrics import CONTENT_TYPE, Metrics
 from spek_sentinel.service.rollback_run import incident_report
 from spek_sentinel.service.watch import Watch
-from spek_sentinel.store.sqlite import SqliteStore
+from spek_sentinel.store.open import state_location
+from spek_sentinel.store.records import StateStore
 
 
 class StatusRoutes:
@@ -34,7 +34,7 @@ class StatusRoutes:
         self.metrics = metrics
         self.stale_after = stale_after
         self.clock = clock
-        self.state_dir = Path(watch.config.model.sentinel.state_dir)
+        self.state = state_location(watch.config, watch.environ)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -93,7 +93,7 @@ class StatusRoutes:
         )
 
     def _runs(self) -> list[dict[str, object]]:
-        journal = Journal.in_dir(self.state_dir)
+        journal = Journal.open(self.state)
         try:
             return [
                 {
@@ -113,8 +113,8 @@ class StatusRoutes:
         return JSONResponse({"incidents": await asyncio.to_thread(self._runs)})
 
     def _report(self, incident: str) -> str | None:
-        journal = Journal.in_dir(self.state_dir)
-        store = SqliteStore.in_dir(self.state_dir)
+        journal = Journal.open(self.state)
+        store = StateStore.open(self.state)
         try:
             record = store.incident(incident)
             trigger = record.trigger if record is not None else ""
@@ -131,7 +131,7 @@ class StatusRoutes:
         return JSONResponse({"incident": incident, "report_markdown": report})
 
     def _releases(self) -> list[dict[str, object]]:
-        store = SqliteStore.in_dir(self.state_dir)
+        store = StateStore.open(self.state)
         try:
             return [asdict(release) for release in store.releases()]
         finally:

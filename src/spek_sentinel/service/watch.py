@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from spek_sentinel.config import Config
 from spek_sentinel.domain.alerts import Answer, HumanAction
@@ -35,7 +34,7 @@ from spek_sentinel.service.rollback_run import (
     plan_rollback,
     target_release,
 )
-from spek_sentinel.store.sqlite import SqliteStore
+from spek_sentinel.store.records import StateStore
 from spek_sentinel.store.state import POLICY, StateDocuments
 
 log = logging.getLogger(__name__)
@@ -308,15 +307,14 @@ class Watch:
 
     def _recovered_order(self, incident: str, playbook: str) -> RollbackOrder | None:
         """The order to resume, or None when the journal says the run already ended."""
-        state_dir = Path(self.config.model.sentinel.state_dir)
-        journal = Journal.in_dir(state_dir)
+        journal = Journal.open(self.config, self.environ)
         try:
             run = journal.run(incident)
         finally:
             journal.close()
         if run is not None and run.status != "running":
             return None
-        store = SqliteStore.in_dir(state_dir)
+        store = StateStore.open(self.config, self.environ)
         try:
             record = store.incident(incident)
         finally:
@@ -441,7 +439,7 @@ class Watch:
         request = PlanRequest(
             decision.incident,
             decision.playbook,
-            decision.target_release or target_release(self.config),
+            decision.target_release or target_release(self.config, environ=self.environ),
             trigger=f"{decision.reason}{evidence}",
             started_at=now,
         )
@@ -472,7 +470,7 @@ class Watch:
 
     def _measure_steps(self, incident: str) -> None:
         assert self.metrics is not None
-        journal = Journal.in_dir(Path(self.config.model.sentinel.state_dir))
+        journal = Journal.open(self.config, self.environ)
         try:
             steps = journal.steps(incident)
         finally:

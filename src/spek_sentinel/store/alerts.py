@@ -1,20 +1,19 @@
-"""Alerts and the answers humans gave them, in the SQLite state file.
+"""Alerts and the answers humans gave them, in the state database.
 
-The connection is shared with the outbox so that an alert's change and the page that reports it
-are written in one transaction: either both are stored or neither.
+The database connection is shared with the outbox so that an alert's change and the page that
+reports it are written in one transaction: either both are stored or neither.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 from spek_sentinel.domain.alerts import Alert, AlertState, Answer, HumanAction
+from spek_sentinel.store.db import StateDb
 
 _ALERT_COLUMNS = (
     "id, dedup_key, incident, kind, urgency, summary, rules, playbook, state, opened_at,"
@@ -63,31 +62,21 @@ def _action(row: Sequence[Any]) -> HumanAction:
 
 
 class AlertStore:
-    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
+    def __init__(self, db: StateDb) -> None:
+        """The caller owns ``db``."""
         self._db = db
-        self._lock = lock
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One write transaction (nested calls join the outer one)."""
-        with self._lock:
-            if self._db.in_transaction:
-                yield
-                return
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._db.transaction():
+            yield
 
     def _query(self, where: str, params: Sequence[object] = ()) -> list[Alert]:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_ALERT_COLUMNS} FROM alerts {where}",  # noqa: S608 (constant parts)
-                params,
-            ).fetchall()
+        rows = self._db.execute(
+            f"SELECT {_ALERT_COLUMNS} FROM alerts {where}",  # noqa: S608 (constant parts)
+            params,
+        ).rows
         return [_alert(row) for row in rows]
 
     def get(self, alert_id: int) -> Alert | None:
@@ -112,104 +101,97 @@ class AlertStore:
         return self._query("WHERE rollback_at IS NOT NULL AND rollback_at <= ? ORDER BY id", (now,))
 
     def notice(self, alert_id: int) -> str:
-        with self._lock:
-            row = self._db.execute("SELECT notice FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+        row = self._db.execute("SELECT notice FROM alerts WHERE id = ?", (alert_id,)).one()
         return str(row[0]) if row else ""
 
     def insert(self, alert: Alert, notice: str) -> Alert:
-        with self._lock:
-            cursor = self._db.execute(
-                "INSERT INTO alerts (dedup_key, incident, kind, urgency, summary, rules, playbook,"
-                " state, opened_at, escalation_started_at, level, notified_at, rollback_at,"
-                " notice) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    alert.dedup_key,
-                    alert.incident,
-                    alert.kind,
-                    alert.urgency,
-                    alert.summary,
-                    json.dumps(list(alert.rules)),
-                    alert.playbook,
-                    alert.state.value,
-                    alert.opened_at,
-                    alert.escalation_started_at,
-                    alert.level,
-                    alert.notified_at,
-                    alert.rollback_at,
-                    notice,
-                ),
-            )
-        return replace(alert, id=int(cursor.lastrowid or 0))
+        new_id = self._db.insert(
+            "INSERT INTO alerts (dedup_key, incident, kind, urgency, summary, rules, playbook,"
+            " state, opened_at, escalation_started_at, level, notified_at, rollback_at,"
+            " notice) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                alert.dedup_key,
+                alert.incident,
+                alert.kind,
+                alert.urgency,
+                alert.summary,
+                json.dumps(list(alert.rules)),
+                alert.playbook,
+                alert.state.value,
+                alert.opened_at,
+                alert.escalation_started_at,
+                alert.level,
+                alert.notified_at,
+                alert.rollback_at,
+                notice,
+            ),
+        )
+        return replace(alert, id=new_id)
 
     def update(self, alert: Alert, notice: str | None = None) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE alerts SET incident = ?, kind = ?, urgency = ?, summary = ?, rules = ?,"
-                " playbook = ?, state = ?, escalation_started_at = ?, level = ?,"
-                " notified_at = ?, acked_by = ?, acked_at = ?, ack_note = ?, resolved_at = ?,"
-                " resolution = ?, rollback_at = ?, notice = coalesce(?, notice) WHERE id = ?",
-                (
-                    alert.incident,
-                    alert.kind,
-                    alert.urgency,
-                    alert.summary,
-                    json.dumps(list(alert.rules)),
-                    alert.playbook,
-                    alert.state.value,
-                    alert.escalation_started_at,
-                    alert.level,
-                    alert.notified_at,
-                    alert.acked_by,
-                    alert.acked_at,
-                    alert.ack_note,
-                    alert.resolved_at,
-                    alert.resolution,
-                    alert.rollback_at,
-                    notice,
-                    alert.id,
-                ),
-            )
+        self._db.execute(
+            "UPDATE alerts SET incident = ?, kind = ?, urgency = ?, summary = ?, rules = ?,"
+            " playbook = ?, state = ?, escalation_started_at = ?, level = ?,"
+            " notified_at = ?, acked_by = ?, acked_at = ?, ack_note = ?, resolved_at = ?,"
+            " resolution = ?, rollback_at = ?, notice = coalesce(?, notice) WHERE id = ?",
+            (
+                alert.incident,
+                alert.kind,
+                alert.urgency,
+                alert.summary,
+                json.dumps(list(alert.rules)),
+                alert.playbook,
+                alert.state.value,
+                alert.escalation_started_at,
+                alert.level,
+                alert.notified_at,
+                alert.acked_by,
+                alert.acked_at,
+                alert.ack_note,
+                alert.resolved_at,
+                alert.resolution,
+                alert.rollback_at,
+                notice,
+                alert.id,
+            ),
+        )
 
     def record_action(
         self, alert_id: int, answer: Answer, *, by: str, note: str, source: str, at: float
     ) -> HumanAction:
-        with self._lock:
-            cursor = self._db.execute(
-                "INSERT INTO alert_actions (alert_id, answer, actor, note, source, at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (alert_id, answer.value, by, note, source, at),
-            )
-        return HumanAction(int(cursor.lastrowid or 0), alert_id, answer, by, note, source, at)
+        new_id = self._db.insert(
+            "INSERT INTO alert_actions (alert_id, answer, actor, note, source, at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (alert_id, answer.value, by, note, source, at),
+        )
+        return HumanAction(new_id, alert_id, answer, by, note, source, at)
 
     def pending_actions(self) -> list[HumanAction]:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_ACTION_COLUMNS} FROM alert_actions"  # noqa: S608 (constant)
-                " WHERE applied_at IS NULL ORDER BY id"
-            ).fetchall()
+        rows = self._db.execute(
+            f"SELECT {_ACTION_COLUMNS} FROM alert_actions"  # noqa: S608 (constant)
+            " WHERE applied_at IS NULL ORDER BY id"
+        ).rows
         return [_action(row) for row in rows]
 
     def actions(self, alert_id: int) -> list[HumanAction]:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_ACTION_COLUMNS} FROM alert_actions"  # noqa: S608 (constant)
-                " WHERE alert_id = ? ORDER BY id",
-                (alert_id,),
-            ).fetchall()
+        rows = self._db.execute(
+            f"SELECT {_ACTION_COLUMNS} FROM alert_actions"  # noqa: S608 (constant)
+            " WHERE alert_id = ? ORDER BY id",
+            (alert_id,),
+        ).rows
         return [_action(row) for row in rows]
 
     def mark_applied(self, action_id: int, outcome: str, at: float) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE alert_actions SET applied_at = ?, outcome = ? WHERE id = ?",
-                (at, outcome, action_id),
-            )
+        self._db.execute(
+            "UPDATE alert_actions SET applied_at = ?, outcome = ? WHERE id = ?",
+            (at, outcome, action_id),
+        )
 
     def counts(self) -> tuple[int, int]:
         """(alerts not resolved, alerts open and unacknowledged)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT count(*), coalesce(sum(state = 'open'), 0) FROM alerts"
-                " WHERE state != 'resolved'"
-            ).fetchone()
+        row = self._db.execute(
+            "SELECT count(*), coalesce(sum(CASE WHEN state = 'open' THEN 1 ELSE 0 END), 0)"
+            " FROM alerts WHERE state != 'resolved'"
+        ).one()
+        assert row is not None
         return int(row[0]), int(row[1])

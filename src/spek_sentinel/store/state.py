@@ -1,43 +1,43 @@
-"""Named JSON documents in the state file: the policy's state (open incident, cooldown, loop
+"""Named JSON documents in the state database: the policy's state (open incident, cooldown, loop
 guard, running rollback), saved after every decision so that a restart forgets none of it."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from spek_sentinel.store.sqlite import STATE_FILE, open_state_db
+from spek_sentinel.store.db import STATE_FILE, StateDb, sqlite_or_given
+from spek_sentinel.store.open import StateSource, open_state
 
 POLICY = "policy"
 
 
 class StateDocuments:
-    def __init__(self, path: Path) -> None:
-        self._db: sqlite3.Connection = open_state_db(path)
-        self._lock = threading.Lock()
+    def __init__(self, db: StateDb | Path) -> None:
+        """``db``: an open state database (closed with this), or the SQLite file's path."""
+        self.db = sqlite_or_given(db)
 
     @classmethod
     def in_dir(cls, state_dir: Path) -> StateDocuments:
         return cls(state_dir / STATE_FILE)
 
+    @classmethod
+    def open(cls, source: StateSource, environ: Mapping[str, str] | None = None) -> StateDocuments:
+        """On the state database the config names (``[sentinel]``)."""
+        return cls(open_state(source, environ))
+
     def save(self, name: str, value: dict[str, Any], at: float) -> None:
-        text = json.dumps(value, sort_keys=True)
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO sentinel_state (name, value, saved_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
-                " saved_at = excluded.saved_at",
-                (name, text, at),
-            )
+        self.db.execute(
+            "INSERT INTO sentinel_state (name, value, saved_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
+            " saved_at = excluded.saved_at",
+            (name, json.dumps(value, sort_keys=True), at),
+        )
 
     def load(self, name: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT value FROM sentinel_state WHERE name = ?", (name,)
-            ).fetchone()
+        row = self.db.execute("SELECT value FROM sentinel_state WHERE name = ?", (name,)).one()
         if row is None:
             return None
         value = json.loads(row[0])
@@ -46,5 +46,4 @@ class StateDocuments:
         return value
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
