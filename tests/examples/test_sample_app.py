@@ -1,0 +1,157 @@
+"""The sample SPEK app's good releases, run as local processes against real PostgreSQL and Redis:
+health, Prometheus metrics, the WebSocket echo, tasks written by the API and the agents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.sync.client import connect
+
+from harness.redis_server import RedisTarget
+from harness.spek_app import INTEGRITY_SQL, AppProcess, StartApp, admin_token, get
+from harness.wait import wait_until
+
+
+def scrape(app: AppProcess) -> dict[str, Any]:
+    """/metrics parsed by prometheus_client's own parser: family name -> family."""
+    answer = get(f"{app.url}/metrics")
+    assert answer.status == 200
+    return {family.name: family for family in text_string_to_metric_families(answer.body.decode())}
+
+
+def sample(families: dict[str, Any], name: str, **labels: str) -> float:
+    """The value of the one sample ``name`` with ``labels`` (0 when there is none)."""
+    for family in families.values():
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                return float(found.value)
+    return 0.0
+
+
+def finished(app: AppProcess, task_id: int) -> dict[str, Any] | None:
+    task: dict[str, Any] = get(f"{app.url}/api/tasks/{task_id}").json()
+    return task if task["status"] in {"succeeded", "failed"} else None
+
+
+def one(dsn: str, query: str, *params: object) -> Any:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(query.encode(), params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def test_good_release_serves_health_metrics_websocket_and_tasks(
+    start_app: StartApp, postgres_db: str, redis_url: RedisTarget
+) -> None:
+    app = start_app("v1.0.0")
+
+    health = get(f"{app.url}/healthz").json()
+    assert health["status"] == "ok"
+    assert (health["version"], health["schema"], health["database"], health["redis"]) == (
+        "v1.0.0",
+        2,
+        "ok",
+        "ok",
+    )
+    assert get(f"{app.url}/").body == b"spek-app v1.0.0\n"
+
+    created = get(f"{app.url}/api/tasks", method="POST", body={"kind": "review", "agent": "coder"})
+    assert created.status == 201
+    task_id = created.json()["id"]
+    task = wait_until(
+        lambda: finished(app, task_id), timeout=10, message="the API's task run by an agent"
+    )
+    assert (task["agent"], task["kind"], task["attempts"]) == ("coder", "review", 1)
+    assert task["duration_ms"] >= 1
+    assert one(postgres_db, "SELECT status FROM agent_tasks WHERE id = %s", task_id) == "succeeded"
+    # the agents' own tasks, without outside traffic
+    wait_until(
+        lambda: (
+            one(postgres_db, "SELECT count(*) FROM agent_tasks WHERE finished_at IS NOT NULL") >= 5
+        ),
+        timeout=10,
+        message="the agent loop finishing tasks",
+    )
+    assert one(postgres_db, INTEGRITY_SQL) == 0
+    assert get(f"{app.url}/api/tasks/999999").status == 404
+    assert get(f"{app.url}/api/tasks", method="POST", body={"kind": ""}).status == 400
+
+    # Redis: the request counter and the cached summary, under the test's prefix
+    first, second = get(f"{app.url}/api/stats").json(), get(f"{app.url}/api/stats").json()
+    assert (first["cached"], second["cached"]) == (False, True)
+    with redis.Redis.from_url(redis_url.url) as client:
+        assert int(client.get(redis_url.key("api_requests")) or 0) == second["api_requests"] >= 5
+        assert client.exists(redis_url.key("task_counts"))
+
+    with connect(app.ws_url, open_timeout=5) as ws:
+        ws.send("hello agents")
+        assert ws.recv(timeout=5) == "hello agents"
+        ws.send(b"\x00\x01\x02" * 1000)
+        assert ws.recv(timeout=5) == b"\x00\x01\x02" * 1000
+
+    assert get(f"{app.url}/api/admin/config").status == 401
+    token = admin_token(app.jwt_secret)
+    admin = get(f"{app.url}/api/admin/config", headers={"Authorization": f"Bearer {token}"})
+    assert admin.status == 200
+    assert admin.json()["version"] == "v1.0.0"
+
+    families = scrape(app)
+    for name, kind in {
+        "http_requests": "counter",
+        "http_request_duration_seconds": "histogram",
+        "websocket_connection_attempts": "counter",
+        "websocket_connection_failures": "counter",
+        "agent_tasks": "counter",
+        "process_resident_memory_bytes": "gauge",
+        "security_unauthorized_access": "counter",
+    }.items():
+        assert families[name].type == kind, name
+    assert sample(families, "http_requests_total", route="/api/tasks", status="201") == 1
+    assert sample(families, "http_requests_total", route="/api/tasks/{id}", status="404") == 1
+    assert sample(families, "http_requests_total", route="/api/admin/config", status="401") == 1
+    assert sample(families, "http_request_duration_seconds_count", route="/api/stats") == 2
+    assert sample(families, "websocket_connection_attempts_total") == 1
+    assert sample(families, "websocket_connection_failures_total") == 0
+    assert sample(families, "websocket_messages_total") == 2
+    assert sample(families, "agent_tasks_total", outcome="succeeded") >= 5
+    assert sample(families, "security_unauthorized_access_total") == 0
+    assert sample(families, "security_auth_failures_total", route="/api/admin/config") == 1
+    assert sample(families, "process_resident_memory_bytes") > 10_000_000
+    assert sample(families, "spek_app_build_info", version="v1.0.0", schema="2") == 1
+    assert no_server_errors(families)
+
+    assert app.stop() == 0  # SIGTERM: a clean exit
+
+
+def no_server_errors(families: dict[str, Any]) -> bool:
+    return all(
+        not s.labels.get("status", "").startswith("5") for s in families["http_requests"].samples
+    )
+
+
+def test_releases_roll_forward_and_back_on_one_database(
+    start_app: StartApp, postgres_db: str
+) -> None:
+    """v1.0.0 migrates to 2; v1.1.0 adds 003 and audits API writes; v1.0.0 started again on the
+    newer schema still serves (the database is ahead of it, which it tolerates)."""
+    old = start_app("v1.0.0")
+    assert old.stop() == 0
+
+    new = start_app("v1.1.0")
+    health = get(f"{new.url}/healthz").json()
+    assert (health["version"], health["schema"]) == ("v1.1.0", 3)
+    created = get(f"{new.url}/api/tasks", method="POST", body={"kind": "plan"})
+    task_id = created.json()["id"]
+    assert one(postgres_db, "SELECT action FROM audit_logs WHERE task_id = %s", task_id) == (
+        "task.create"
+    )
+    assert new.stop() == 0
+
+    back = start_app("v1.0.0")
+    health = get(f"{back.url}/healthz").json()
+    assert (health["version"], health["schema"], health["release_schema"]) == ("v1.0.0", 3, 2)
+    assert get(f"{back.url}/api/tasks", method="POST", body={"kind": "code"}).status == 201
+    assert one(postgres_db, INTEGRITY_SQL) == 0
