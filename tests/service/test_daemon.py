@@ -751,3 +751,51 @@ def test_a_destructive_step_killed_mid_run_halts_the_rollback_and_pages(
         timeout=20,
         message="the halt was not paged",
     )
+
+
+def test_sigterm_mid_rollback_finishes_the_step_then_the_next_start_resumes_after_it(
+    site: Site,
+) -> None:
+    first = site.started()
+    push_event(site, "security_breach", "security_breach confirmed")
+    [alert] = wait_until(lambda: [a for a in alerts(first) if a["kind"] == "rollback"], timeout=20)
+    incident = alert["incident"]
+
+    def inside() -> bool:
+        _, steps = journal_state(site.state, incident)
+        claimed = [s for s in steps.values() if s.name == "application rollback"]
+        return bool(claimed) and bool(site.lines("rollbacks.log"))
+
+    wait_until(inside, timeout=30, message="the rollback never got to the application step")
+    first.send(signal.SIGTERM)
+    wait_until(lambda: first.logged("stop requested"), timeout=10)
+    (site.tmp / "go").touch()  # the step in flight finishes; the daemon stops after it
+    assert first.wait(timeout=30) == 0
+    assert first.logged(f"rollback of {incident} checkpointed for the stop")
+    run, steps = journal_state(site.state, incident)
+    assert run is not None and run.status == "running"  # checkpointed, not halted
+    assert [(s.name, s.status) for s in steps.values()][-1] == (
+        "application rollback",
+        "succeeded",
+    )
+
+    second = site.started()
+
+    def ended() -> RunRecord | None:
+        found, _ = journal_state(site.state, incident)
+        return found if found is not None and found.status != "running" else None
+
+    assert wait_until(ended, timeout=60).status == "succeeded"
+    _, steps = journal_state(site.state, incident)
+    assert all(s.attempt == 1 for s in steps.values())  # nothing ran twice
+    assert [line.split()[0] for line in site.lines("rollbacks.log")] == ["started"]
+    assert site.lines("app.release") == ["v1-good"]
+
+    def told(what: str) -> list[str]:
+        notices = [p.json()["summary"] for p in site.pages() if p.json()["kind"] == "info"]
+        return [n for n in notices if what in n]
+
+    wait_until(lambda: told("resumed after a restart"), timeout=20, message="no resume notice")
+    [restarted] = wait_until(lambda: told(": restart done"), timeout=20, message="no notice")
+    assert "downtime so far" in restarted  # counted from the first daemon's stop
+    assert second.get("/api/v1/rules").json()["incident"] == incident

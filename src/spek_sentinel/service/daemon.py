@@ -232,12 +232,18 @@ class Generation:
         return False
 
     async def stop(self) -> None:
-        """Stop scheduling, wait for running rollbacks, then close everything."""
+        """Stop scheduling; a running rollback finishes its current step and stops there (its
+        journal resumes it at the next start); then close everything."""
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
+        self.watch.stopping = True
         running = list(self.watch.state.rollbacks)
         if running:
-            log.warning("stopping: waiting for the rollback of %s to finish its step run", running)
+            log.warning(
+                "stopping: the rollback of %s stops after its current step and resumes at the "
+                "next start",
+                ", ".join(running),
+            )
             await self.watch.rollbacks_done()
         self.watch.save(self.clock())
         if self.server is not None:
@@ -287,7 +293,10 @@ class Generation:
             log.info("routine backup verified: %s (sha256 %s)", record.path, record.sha256)
 
     async def _release_health(self) -> None:
-        """A release healthy (every watch rule OK) for ``known_good_after`` becomes known good."""
+        """A release healthy (every watch rule OK) for ``known_good_after`` becomes known good.
+        The leader's judgement only: followers write nothing."""
+        if not self.leadership.is_leader:
+            return
         healthy = self._healthy()
         known_good_after = self.config.model.rollback.known_good_after
         release = await asyncio.to_thread(

@@ -100,6 +100,7 @@ class Watch:
         self.leadership: Leadership = leadership or SingleNode()
         # checked before every rollback step: the leader's lease, and the fence when one is set
         self.guard = guard or self.leadership.assert_current
+        self.stopping = False  # set on SIGTERM: a running rollback stops after its current step
         # replicas that share a lock share the state dir: a new leader starts from its state
         self.leadership_shared = not isinstance(self.leadership, SingleNode)
         self._was_leader = False
@@ -412,6 +413,11 @@ class Watch:
                 self.leadership.token,
             )
             self._start(order, now)
+        elif self.stopping:
+            log.warning(
+                "rollback of %s checkpointed for the stop: it resumes at the next start",
+                order.incident,
+            )
         else:
             log.warning(
                 "rollback of %s stopped here: %s; the run is the leader's to resume",
@@ -453,7 +459,7 @@ class Watch:
                 now=self.clock(),
             )
             return None
-        narrator = RollbackNarrator(self.desk, plan)
+        narrator = RollbackNarrator(self.desk, plan, self._downtime_started(decision.incident))
         token = self.leadership.fencing_token()
         result = execute(
             self.config,
@@ -462,11 +468,29 @@ class Watch:
             self.environ,
             on_event=narrator,
             fencing_token=token,
-            guard=self.guard,
+            guard=self._step_guard,
         )
         if self.metrics is not None:
             self._measure_steps(decision.incident)
         return result
+
+    def _step_guard(self, token: int) -> None:
+        """Checked before each rollback step is claimed: stopping (SIGTERM) checkpoints the run
+        here, leaving it to resume at the next start; then the leader's lease and fence."""
+        if self.stopping:
+            raise RuntimeError(
+                "the daemon is stopping: the run resumes from here at the next start"
+            )
+        self.guard(token)
+
+    def _downtime_started(self, incident: str) -> float | None:
+        """When a resumed run stopped traffic (the journal has it); None for a new run."""
+        journal = Journal.open(self.config, self.environ)
+        try:
+            run = journal.run(incident)
+        finally:
+            journal.close()
+        return run.downtime_started_at if run is not None else None
 
     def _measure_steps(self, incident: str) -> None:
         assert self.metrics is not None
