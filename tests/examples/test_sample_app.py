@@ -5,42 +5,26 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 from harness.redis_server import RedisTarget
-from harness.spek_app import INTEGRITY_SQL, AppProcess, StartApp, admin_token, get
+from harness.spek_app import (
+    INTEGRITY_SQL,
+    AppProcess,
+    StartApp,
+    admin_token,
+    get,
+    query_one,
+    sample,
+    scrape,
+)
 from harness.wait import wait_until
-
-
-def scrape(app: AppProcess) -> dict[str, Any]:
-    """/metrics parsed by prometheus_client's own parser: family name -> family."""
-    answer = get(f"{app.url}/metrics")
-    assert answer.status == 200
-    return {family.name: family for family in text_string_to_metric_families(answer.body.decode())}
-
-
-def sample(families: dict[str, Any], name: str, **labels: str) -> float:
-    """The value of the one sample ``name`` with ``labels`` (0 when there is none)."""
-    for family in families.values():
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                return float(found.value)
-    return 0.0
 
 
 def finished(app: AppProcess, task_id: int) -> dict[str, Any] | None:
     task: dict[str, Any] = get(f"{app.url}/api/tasks/{task_id}").json()
     return task if task["status"] in {"succeeded", "failed"} else None
-
-
-def one(dsn: str, query: str, *params: object) -> Any:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(query.encode(), params).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def test_good_release_serves_health_metrics_websocket_and_tasks(
@@ -66,16 +50,20 @@ def test_good_release_serves_health_metrics_websocket_and_tasks(
     )
     assert (task["agent"], task["kind"], task["attempts"]) == ("coder", "review", 1)
     assert task["duration_ms"] >= 1
-    assert one(postgres_db, "SELECT status FROM agent_tasks WHERE id = %s", task_id) == "succeeded"
+    assert (
+        query_one(postgres_db, "SELECT status FROM agent_tasks WHERE id = %s", task_id)
+        == "succeeded"
+    )
     # the agents' own tasks, without outside traffic
     wait_until(
         lambda: (
-            one(postgres_db, "SELECT count(*) FROM agent_tasks WHERE finished_at IS NOT NULL") >= 5
+            query_one(postgres_db, "SELECT count(*) FROM agent_tasks WHERE finished_at IS NOT NULL")
+            >= 5
         ),
         timeout=10,
         message="the agent loop finishing tasks",
     )
-    assert one(postgres_db, INTEGRITY_SQL) == 0
+    assert query_one(postgres_db, INTEGRITY_SQL) == 0
     assert get(f"{app.url}/api/tasks/999999").status == 404
     assert get(f"{app.url}/api/tasks", method="POST", body={"kind": ""}).status == 400
 
@@ -98,7 +86,7 @@ def test_good_release_serves_health_metrics_websocket_and_tasks(
     assert admin.status == 200
     assert admin.json()["version"] == "v1.0.0"
 
-    families = scrape(app)
+    families = scrape(app.url)
     for name, kind in {
         "http_requests": "counter",
         "http_request_duration_seconds": "histogram",
@@ -145,7 +133,7 @@ def test_releases_roll_forward_and_back_on_one_database(
     assert (health["version"], health["schema"]) == ("v1.1.0", 3)
     created = get(f"{new.url}/api/tasks", method="POST", body={"kind": "plan"})
     task_id = created.json()["id"]
-    assert one(postgres_db, "SELECT action FROM audit_logs WHERE task_id = %s", task_id) == (
+    assert query_one(postgres_db, "SELECT action FROM audit_logs WHERE task_id = %s", task_id) == (
         "task.create"
     )
     assert new.stop() == 0
@@ -154,4 +142,4 @@ def test_releases_roll_forward_and_back_on_one_database(
     health = get(f"{back.url}/healthz").json()
     assert (health["version"], health["schema"], health["release_schema"]) == ("v1.0.0", 3, 2)
     assert get(f"{back.url}/api/tasks", method="POST", body={"kind": "code"}).status == 201
-    assert one(postgres_db, INTEGRITY_SQL) == 0
+    assert query_one(postgres_db, INTEGRITY_SQL) == 0

@@ -43,6 +43,7 @@ import psutil
 import psycopg
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness import HarnessError, log_tail
 from harness.docker_engine import NAME_PREFIX, TEST_LABEL
@@ -79,6 +80,9 @@ __all__ = [
     "app_image",
     "build_app_images",
     "get",
+    "query_one",
+    "sample",
+    "scrape",
 ]
 
 IMAGE_REPOSITORY = "spek-sample/app"
@@ -140,6 +144,29 @@ def _healthy(url: str) -> dict[str, Any] | None:
         return None
     found: dict[str, Any] = answer.json()
     return found
+
+
+def scrape(url: str) -> dict[str, Any]:
+    """``url``/metrics parsed by prometheus_client's own parser: family name -> family."""
+    answer = get(f"{url}/metrics")
+    assert answer.status == 200
+    return {family.name: family for family in text_string_to_metric_families(answer.body.decode())}
+
+
+def sample(families: dict[str, Any], name: str, **labels: str) -> float:
+    """The value of the one sample ``name`` with ``labels`` (0 when there is none)."""
+    for family in families.values():
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                return float(found.value)
+    return 0.0
+
+
+def query_one(dsn: str, query: str, *params: object) -> Any:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(query.encode(), params).fetchone()
+    assert row is not None
+    return row[0]
 
 
 # --- a release as a local process ---
