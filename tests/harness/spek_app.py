@@ -66,6 +66,7 @@ from spek_app.releases import GOOD, RELEASES, Fault, Release  # noqa: E402
 __all__ = [
     "APP_DIR",
     "GOOD",
+    "HASH_LABEL",
     "INTEGRITY_SQL",
     "MIGRATIONS_DIR",
     "RELEASES",
@@ -78,6 +79,7 @@ __all__ = [
     "StartApp",
     "admin_token",
     "app_image",
+    "base_image",
     "build_app_images",
     "get",
     "query_one",
@@ -396,7 +398,9 @@ def ensure_redis_image(client: docker.DockerClient, base: str) -> str:
     present = set(re.findall(r"^\s*(\S+) \(", _in_image(client, base, ["ldconfig", "-p"]), re.M))
     needed = dict(re.findall(r"^\s*(\S+) => (/\S+)", _output(["ldd", binary]), re.M))
     files = {"bin/redis-server": Path(binary).resolve()}
-    files |= {f"lib/{name}": Path(path) for name, path in needed.items() if name not in present}
+    files |= {  # the files themselves, under their sonames (not the symlinks ldd shows)
+        f"lib/{name}": Path(path).resolve() for name, path in needed.items() if name not in present
+    }
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
         dockerfile = _REDIS_DOCKERFILE.format(base=base, port=REDIS_PORT).encode()
