@@ -72,13 +72,16 @@ async def generator(app: App, interval: float, stop: asyncio.Event) -> None:
 
 async def leak(app: App, stop: asyncio.Event) -> None:
     """v2.0.0-leak: a request history that is never trimmed. Filled with non-zero bytes so the
-    pages are really touched and resident memory grows by the configured rate."""
+    pages are really touched and resident memory grows by the configured rate, up to the
+    configured ceiling (the leak stops there; the process keeps what it holds)."""
     history: list[bytes] = []
     tick = 0.25
-    chunk = max(1, int(app.settings.faults.leak_bytes_per_second * tick))
+    faults = app.settings.faults
+    chunk = max(1, int(faults.leak_bytes_per_second * tick))
     while not stop.is_set():
-        history.append(b"\x01" * chunk)
-        app.metrics.leaked.set(len(history) * chunk)
+        if (len(history) + 1) * chunk <= faults.leak_max_bytes:
+            history.append(b"\x01" * chunk)
+            app.metrics.leaked.set(len(history) * chunk)
         await _pause(stop, tick)
 
 

@@ -136,12 +136,12 @@ class App:
         try:
             schema = await asyncio.wait_for(self.store.schema_version(), HEALTH_TIMEOUT)
             checks["database"] = "ok"
-        except (Exception, TimeoutError) as exc:
+        except Exception as exc:  # any failure is the answer: unhealthy
             checks["database"] = f"error: {type(exc).__name__}: {exc}"[:200]
         try:
             await asyncio.wait_for(self.cache.ping(), HEALTH_TIMEOUT)
             checks["redis"] = "ok"
-        except (Exception, TimeoutError) as exc:
+        except Exception as exc:  # any failure is the answer: unhealthy
             checks["redis"] = f"error: {type(exc).__name__}: {exc}"[:200]
         healthy = all(value == "ok" for value in checks.values())
         return Response.json(

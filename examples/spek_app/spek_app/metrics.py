@@ -26,7 +26,8 @@ class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
-        disable_created_metrics()  # no *_created series: the app owns its process
+        # No *_created series. A process-wide switch: fine, the app owns its process.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         r = self.registry
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu, open fds
         self.build_info = Gauge(

@@ -55,7 +55,8 @@ def environment(env_file: str | None, environ: Mapping[str, str] = os.environ) -
 
 ERROR_RATIO = 0.3
 SLOW_SECONDS = 0.3
-LEAK_BYTES_PER_SECOND = 4 * 1024 * 1024
+LEAK_BYTES_PER_SECOND = 1024 * 1024
+LEAK_MAX_BYTES = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,8 @@ class FaultSettings:
 
     error_ratio: float = ERROR_RATIO  # share of API requests answering 500 (v2.0.0-errors)
     slow_seconds: float = SLOW_SECONDS  # extra delay of each API response (v2.0.0-slow)
-    leak_bytes_per_second: int = LEAK_BYTES_PER_SECOND  # memory retained per second (v2.0.0-leak)
+    leak_bytes_per_second: int = LEAK_BYTES_PER_SECOND  # retained per second (v2.0.0-leak)
+    leak_max_bytes: int = LEAK_MAX_BYTES  # where the leak stops, to spare the machine
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FaultSettings:
@@ -76,6 +78,7 @@ class FaultSettings:
                 leak_bytes_per_second=int(
                     env.get("SPEK_APP_LEAK_BYTES_PER_SECOND", LEAK_BYTES_PER_SECOND)
                 ),
+                leak_max_bytes=int(env.get("SPEK_APP_LEAK_MAX_BYTES", LEAK_MAX_BYTES)),
             )
         except ValueError as exc:
             raise SettingsError(f"a SPEK_APP_* fault setting is not a number: {exc}") from None
