@@ -244,3 +244,17 @@ def test_a_lost_postgresql_session_is_replaced_on_the_next_call(postgres_db: str
         store.current(["render_fps"])
     assert store.current(["render_fps"])["render_fps"].value == 24
     store.close()
+
+
+def test_run_with_its_state_database_unreachable_says_so_and_exits_69(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gone = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{free_port()}/state?connect_timeout=2"
+    monkeypatch.setenv("T_STATE_DSN", gone)
+    monkeypatch.setenv("T_API_TOKEN", TOKEN)
+    monkeypatch.setenv("T_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    table = write_table(tmp_path, 'state_dsn_env = "T_STATE_DSN"')
+    assert main(["run", "-c", str(table), "--log-json"]) == 69  # EX_UNAVAILABLE: not the table
+    err = capsys.readouterr().err
+    assert "the state database cannot be reached" in err
+    assert PASSWORD not in err

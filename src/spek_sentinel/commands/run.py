@@ -7,6 +7,8 @@ import asyncio
 import os
 from typing import Any, TextIO
 
+import psycopg
+
 from spek_sentinel.commands.common import (
     EXIT_INVALID,
     add_config_option,
@@ -14,8 +16,11 @@ from spek_sentinel.commands.common import (
     report_config_error,
 )
 from spek_sentinel.domain.errors import ConfigError
+from spek_sentinel.secrets import redact
 from spek_sentinel.service.daemon import Daemon
 from spek_sentinel.service.logs import configure_logging
+
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: systemd restarts; the table is not at fault
 
 
 def add_parser(commands: Any) -> None:
@@ -54,3 +59,6 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except ConfigError as exc:
         report_config_error(path, exc, err)
         return EXIT_INVALID
+    except psycopg.OperationalError as exc:  # the PostgreSQL state database, at start
+        err.write(f"{path}: the state database cannot be reached: {redact(str(exc))}\n")
+        return EXIT_UNAVAILABLE
