@@ -3,6 +3,7 @@ health, Prometheus metrics, the WebSocket echo, tasks written by the API and the
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -10,16 +11,19 @@ from websockets.sync.client import connect
 
 from harness.redis_server import RedisTarget
 from harness.spek_app import (
+    GOOD,
     INTEGRITY_SQL,
     AppProcess,
     StartApp,
     admin_token,
+    fingerprint,
     get,
     query_one,
     sample,
     scrape,
 )
 from harness.wait import wait_until
+from spek_sentinel.rollback.secret_rotation import rotate_env_secrets
 
 
 def finished(app: AppProcess, task_id: int) -> dict[str, Any] | None:
@@ -143,3 +147,31 @@ def test_releases_roll_forward_and_back_on_one_database(
     assert (health["version"], health["schema"], health["release_schema"]) == ("v1.0.0", 3, 2)
     assert get(f"{back.url}/api/tasks", method="POST", body={"kind": "code"}).status == 201
     assert query_one(postgres_db, INTEGRITY_SQL) == 0
+
+
+def test_secrets_come_from_the_env_file_and_rotate_with_it(
+    start_app: StartApp, tmp_path: Path
+) -> None:
+    """The runbook's .env: its values win over the environment, and spek-sentinel's rotation
+    of SESSION_SECRET and JWT_SECRET takes effect at the next start; old tokens stop working."""
+    env_file = tmp_path / "app.env"
+    env_file.write_text("# the app's secrets\nSESSION_SECRET=session-one\nJWT_SECRET='jwt-one'\n")
+    before = start_app(GOOD, env={"SPEK_APP_ENV_FILE": str(env_file)})
+    health = get(f"{before.url}/healthz").json()
+    assert health["secrets"] == {
+        "SESSION_SECRET": fingerprint("session-one"),
+        "JWT_SECRET": fingerprint("jwt-one"),
+    }  # not the process environment's values
+    old_token = {"Authorization": f"Bearer {admin_token('jwt-one')}"}
+    assert get(f"{before.url}/api/admin/config", headers=old_token).status == 200
+    assert before.stop() == 0
+
+    assert rotate_env_secrets(env_file, ["SESSION_SECRET", "JWT_SECRET"]) == [
+        "SESSION_SECRET",
+        "JWT_SECRET",
+    ]
+    after = start_app(GOOD, env={"SPEK_APP_ENV_FILE": str(env_file)})
+    rotated = get(f"{after.url}/healthz").json()["secrets"]
+    assert rotated["SESSION_SECRET"] != fingerprint("session-one")
+    assert rotated["JWT_SECRET"] != fingerprint("jwt-one")
+    assert get(f"{after.url}/api/admin/config", headers=old_token).status == 401

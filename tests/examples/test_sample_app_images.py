@@ -4,6 +4,8 @@ PostgreSQL and Redis containers, as the runbook's deployment has them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import docker
 import pytest
 from websockets.sync.client import connect
@@ -15,13 +17,16 @@ from harness.spek_app import (
     ImageBuild,
     base_image,
     build_app_images,
+    fingerprint,
     get,
     query_one,
     require,
     sample,
     scrape,
+    write_env_dir,
 )
 from harness.wait import wait_until
+from spek_sentinel.rollback.secret_rotation import rotate_env_secrets
 
 pytestmark = pytest.mark.timeout(900)  # a first build on a fresh machine: debootstrap and wheels
 
@@ -51,11 +56,14 @@ def test_a_second_build_is_skipped(app_images: ImageBuild) -> None:
 
 
 def test_a_release_container_serves_on_the_network(
-    stack: AppStack, docker_engine: docker.DockerClient
+    stack: AppStack, docker_engine: docker.DockerClient, tmp_path: Path
 ) -> None:
-    app = stack.run_app("v1.0.0", env={"SESSION_SECRET": "s" * 24, "JWT_SECRET": "j" * 24})
+    secrets_dir = tmp_path / "spek-app"
+    env_file = write_env_dir(secrets_dir, {"SESSION_SECRET": "s" * 24, "JWT_SECRET": "j" * 24})
+    app = stack.run_app("v1.0.0", env_dir=secrets_dir)
     health = get(f"{app.url}/healthz").json()
     assert (health["status"], health["version"], health["schema"]) == ("ok", "v1.0.0", 2)
+    assert health["secrets"]["JWT_SECRET"] == fingerprint("j" * 24)
     created = get(f"{app.url}/api/tasks", method="POST", body={"kind": "deploy"})
     assert created.status == 201
     wait_until(
@@ -80,6 +88,13 @@ def test_a_release_container_serves_on_the_network(
     app.container.stop(timeout=10)
     app.container.reload()
     assert app.container.attrs["State"]["ExitCode"] == 0  # SIGTERM as PID 1: a clean exit
+
+    # runbook scenario 5's rotation, done by root on the host, reaches the restarted container
+    rotate_env_secrets(env_file, ["SESSION_SECRET", "JWT_SECRET"])
+    app.container.start()
+    rotated = stack.wait_healthy(app)["secrets"]
+    assert rotated["JWT_SECRET"] != fingerprint("j" * 24)
+    assert rotated["SESSION_SECRET"] != fingerprint("s" * 24)
 
 
 def test_a_crashing_release_container_exits(stack: AppStack) -> None:

@@ -81,10 +81,12 @@ __all__ = [
     "app_image",
     "base_image",
     "build_app_images",
+    "fingerprint",
     "get",
     "query_one",
     "sample",
     "scrape",
+    "write_env_dir",
 ]
 
 IMAGE_REPOSITORY = "spek-sample/app"
@@ -102,6 +104,11 @@ def app_image(version: str) -> str:
 
 def admin_token(jwt_secret: str) -> str:
     return auth.issue(jwt_secret, "test", "admin")
+
+
+def fingerprint(secret: str) -> str:
+    """How /healthz names a secret in use."""
+    return auth.fingerprint(secret)
 
 
 @dataclass(frozen=True)
@@ -443,6 +450,21 @@ def _output(command: list[str]) -> str:
 
 
 # --- a container deployment ---
+
+
+def write_env_dir(directory: Path, values: Mapping[str, str]) -> Path:
+    """The app's env file ``directory``/app.env, for mounting at /run/spek-app: mode 0640, group
+    of the image's user, in a setgid directory of that group. spek-sentinel's secret rotation
+    replaces the file with a new one of the same mode but owned by whoever rotates (root): the
+    setgid directory gives the new file the app's group again, so the app can still read it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chown(directory, -1, APP_UID)
+    directory.chmod(0o2750)
+    env_file = directory / "app.env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    os.chown(env_file, -1, APP_UID)
+    env_file.chmod(0o640)
+    return env_file
 
 
 _POSTGRES_SCRIPT = """\
