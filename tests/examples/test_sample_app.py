@@ -52,6 +52,7 @@ def test_good_release_serves_health_metrics_websocket_and_tasks(
     task = wait_until(
         lambda: finished(app, task_id), timeout=10, message="the API's task run by an agent"
     )
+    assert task is not None
     assert (task["agent"], task["kind"], task["attempts"]) == ("coder", "review", 1)
     assert task["duration_ms"] >= 1
     assert (

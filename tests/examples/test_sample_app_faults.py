@@ -190,6 +190,11 @@ def integrity_violations(dsn: str) -> dict[str, int]:
     return dict(zip(names, (int(v) for v in row), strict=True))
 
 
+def every_kind(dsn: str) -> dict[str, int] | None:
+    found = integrity_violations(dsn)
+    return found if all(found.values()) else None
+
+
 def test_corrupt_release_writes_rows_the_integrity_query_finds(
     start_app: StartApp, postgres_db: str
 ) -> None:
@@ -207,10 +212,9 @@ def test_corrupt_release_writes_rows_the_integrity_query_finds(
 
     start_app("v2.0.0-corrupt")
     kinds = wait_until(
-        lambda: all((found := integrity_violations(postgres_db)).values()) and found,
-        timeout=15,
-        message="every kind of corrupted row written",
+        lambda: every_kind(postgres_db), timeout=15, message="every kind of corrupted row written"
     )
+    assert kinds is not None
     assert sum(kinds.values()) >= 4
     assert query_one(postgres_db, INTEGRITY_SQL) >= 4
 

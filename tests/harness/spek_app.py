@@ -103,12 +103,14 @@ def app_image(version: str) -> str:
 
 
 def admin_token(jwt_secret: str) -> str:
-    return auth.issue(jwt_secret, "test", "admin")
+    token: str = auth.issue(jwt_secret, "test", "admin")
+    return token
 
 
 def fingerprint(secret: str) -> str:
     """How /healthz names a secret in use."""
-    return auth.fingerprint(secret)
+    name: str = auth.fingerprint(secret)
+    return name
 
 
 @dataclass(frozen=True)
@@ -260,11 +262,12 @@ class AppProcess:
             return _healthy(self.url)
 
         try:
-            found: dict[str, Any] = wait_until(
+            found = wait_until(
                 ready, timeout=timeout, interval=0.05, message=f"spek-app {self.version} healthy"
             )
         except WaitTimeoutError as exc:
             raise HarnessError(f"{exc}\n--- {self.log_path} ---\n{self.log()}") from exc
+        assert found is not None
         return found
 
     def wait_exit(self, timeout: float = 30.0) -> int:
@@ -638,11 +641,10 @@ class AppStack:
             return _healthy(app.url)
 
         try:
-            found: dict[str, Any] = wait_until(
-                ready, timeout=timeout, interval=0.1, message=f"{app.name} healthy"
-            )
+            found = wait_until(ready, timeout=timeout, interval=0.1, message=f"{app.name} healthy")
         except WaitTimeoutError as exc:
             raise HarnessError(f"{exc}\n{app.logs()[-3000:]}") from exc
+        assert found is not None
         return found
 
     def close(self) -> None:
