@@ -3,6 +3,8 @@ health, Prometheus metrics, the WebSocket echo, tasks written by the API and the
 
 from __future__ import annotations
 
+import http.client
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +178,32 @@ def test_secrets_come_from_the_env_file_and_rotate_with_it(
     assert rotated["SESSION_SECRET"] != fingerprint("session-one")
     assert rotated["JWT_SECRET"] != fingerprint("jwt-one")
     assert get(f"{after.url}/api/admin/config", headers=old_token).status == 401
+
+
+def test_http_connections_behave(start_app: StartApp) -> None:
+    """Keep-alive for HTTP/1.1, close for HTTP/1.0, 100-continue for curl-style bodies, 400
+    for garbage: what load generators and probes rely on."""
+    app = start_app(GOOD, agent_interval=0)
+    conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=5)
+    for _ in range(3):  # one connection, three requests
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read() and conn.sock is not None
+    conn.request(
+        "POST",
+        "/api/tasks",
+        body=b'{"kind": "test"}',
+        headers={"Content-Type": "application/json", "Expect": "100-continue"},
+    )
+    assert conn.getresponse().status == 201
+    conn.close()
+
+    for request, expected in (
+        (b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1.1 200 OK"),
+        (b"NONSENSE\r\n\r\n", b"HTTP/1.1 400 Bad Request"),
+    ):
+        with socket.create_connection(("127.0.0.1", app.port), timeout=5) as raw:
+            raw.sendall(request)
+            received = b""
+            while chunk := raw.recv(4096):  # the server closes: HTTP/1.0 without keep-alive
+                received += chunk
+        assert received.startswith(expected), received

@@ -32,6 +32,7 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]  # names lower-cased
     body: bytes = b""
+    version: str = "HTTP/1.1"
     head: bytes = b""  # the request line and headers as sent, for the WebSocket handshake
 
     def json(self) -> Any:
@@ -42,6 +43,14 @@ class Request:
     @property
     def wants_websocket(self) -> bool:
         return self.headers.get("upgrade", "").lower() == "websocket"
+
+    @property
+    def keep_alive(self) -> bool:
+        """HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only when asked."""
+        connection = self.headers.get("connection", "").lower()
+        if self.version == "HTTP/1.0":
+            return connection == "keep-alive"
+        return connection != "close"
 
 
 @dataclass(slots=True)
@@ -82,7 +91,9 @@ class Application(Protocol):
     ) -> None: ...
 
 
-async def read_request(reader: asyncio.StreamReader) -> Request | None:
+async def read_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None = None
+) -> Request | None:
     """The next request on the connection; None when the client closed it between requests."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -115,6 +126,9 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
         raise BadRequestError("Content-Length is not a number") from None
     if not 0 <= length <= MAX_BODY_BYTES:
         raise BadRequestError(f"body of {length} bytes refused (limit {MAX_BODY_BYTES})")
+    if length and writer is not None and headers.get("expect", "").lower() == "100-continue":
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for it before a body
+        await writer.drain()
     body = await reader.readexactly(length) if length else b""
     parts = urlsplit(target)
     return Request(
@@ -123,6 +137,7 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
         query=dict(parse_qsl(parts.query)),
         headers=headers,
         body=body,
+        version=version,
         head=head,
     )
 
@@ -134,7 +149,7 @@ def connection_handler(
         try:
             while True:
                 try:
-                    request = await asyncio.wait_for(read_request(reader), IDLE_TIMEOUT)
+                    request = await asyncio.wait_for(read_request(reader, writer), IDLE_TIMEOUT)
                 except (BadRequestError, UnicodeDecodeError) as exc:
                     writer.write(Response.text(400, f"{exc}\n").encode(keep_alive=False))
                     await writer.drain()
@@ -145,10 +160,9 @@ def connection_handler(
                     await app.websocket(request, reader, writer)
                     return
                 response = await app.handle(request)
-                keep_alive = request.headers.get("connection", "").lower() != "close"
-                writer.write(response.encode(keep_alive))
+                writer.write(response.encode(request.keep_alive))
                 await writer.drain()
-                if not keep_alive:
+                if not request.keep_alive:
                     return
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             return
