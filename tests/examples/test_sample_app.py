@@ -11,7 +11,8 @@ from typing import Any
 import redis
 from websockets.sync.client import connect
 
-from harness.redis_server import RedisTarget
+from harness.postgres import PostgresServer
+from harness.redis_server import RedisServer, RedisTarget
 from harness.spek_app import (
     GOOD,
     INTEGRITY_SQL,
@@ -207,3 +208,36 @@ def test_http_connections_behave(start_app: StartApp) -> None:
             while chunk := raw.recv(4096):  # the server closes: HTTP/1.0 without keep-alive
                 received += chunk
         assert received.startswith(expected), received
+
+
+def test_health_follows_the_database_and_redis(
+    start_app: StartApp, postgres_server: PostgresServer, redis_server: RedisServer
+) -> None:
+    """The runbook's "Database Failure": /healthz answers 503 while PostgreSQL or Redis is down,
+    API calls 503, and the app recovers by itself once they are back."""
+    app = start_app(GOOD)
+
+    def health() -> tuple[int, dict[str, Any]]:
+        answer = get(f"{app.url}/healthz")
+        return answer.status, answer.json()
+
+    postgres_server.stop()
+    try:
+        status, body = health()
+        assert (status, body["status"], body["redis"]) == (503, "unhealthy", "ok")
+        assert body["database"].startswith("error")
+        assert get(f"{app.url}/api/tasks").status == 503
+    finally:
+        postgres_server.start()
+    wait_until(lambda: health()[0] == 200, timeout=15, message="healthy with PostgreSQL back")
+    assert get(f"{app.url}/api/tasks").status == 200
+
+    redis_server.stop()
+    try:
+        status, body = health()
+        assert (status, body["database"]) == (503, "ok")
+        assert body["redis"].startswith("error")
+    finally:
+        redis_server.start()
+    wait_until(lambda: health()[0] == 200, timeout=15, message="healthy with Redis back")
+    assert app.proc is not None and app.proc.poll() is None  # it never stopped
