@@ -27,11 +27,34 @@ def fresh_secret() -> str:
 
 
 def check_env_file(path: Path) -> None:
-    """Pre-flight: the file exists and can be replaced (its directory is writable)."""
+    """Pre-flight: the file exists and can be replaced (its directory is writable) by a file
+    with the same owner, so that the app can still read it."""
     if not path.is_file():
         raise RotationError(f"env file {path} does not exist")
     if not os.access(path.parent, os.W_OK):
         raise RotationError(f"cannot replace {path}: its directory is not writable")
+    owner = path.stat()
+    descriptor, trial = tempfile.mkstemp(prefix=f".{path.name}.check.", dir=path.parent)
+    os.close(descriptor)
+    try:
+        _keep_owner(trial, owner.st_uid, owner.st_gid)
+    finally:
+        Path(trial).unlink(missing_ok=True)
+
+
+def _keep_owner(temp: str, uid: int, gid: int) -> None:
+    """The new file keeps the old one's owner and group: the app (often another user) must
+    still read it. Root may give a file to anyone; an owner only to a group it is in."""
+    current = os.stat(temp)
+    if (current.st_uid, current.st_gid) == (uid, gid):
+        return
+    try:
+        os.chown(temp, uid, gid)
+    except PermissionError:
+        raise RotationError(
+            f"cannot give the new env file its owner {uid}:{gid}, which the app needs to read "
+            "it (run spek-sentinel as that user, in that group, or as root)"
+        ) from None
 
 
 def rotate_env_secrets(
@@ -51,7 +74,8 @@ def rotate_env_secrets(
         else:
             out.append(line)
     out += [f"{key}={generate()}" for key in wanted if key not in seen]
-    mode = path.stat().st_mode & 0o7777
+    before = path.stat()
+    mode = before.st_mode & 0o7777
     descriptor, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
@@ -59,6 +83,7 @@ def rotate_env_secrets(
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temp, mode)
+        _keep_owner(temp, before.st_uid, before.st_gid)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
