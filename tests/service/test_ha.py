@@ -1,6 +1,16 @@
 """High availability with three real replicas: ``spek-sentinel run`` three times as
-subprocesses on one host, sharing one state dir, a Redis lock (a private server the tests
-restart) and a PostgreSQL fence, ttl 2 s.
+subprocesses on one host, sharing a Redis lock (a private server the tests restart), a
+PostgreSQL fence (ttl 2 s) and their state. Every case runs on both state back ends:
+
+* ``sqlite``: the replicas share one ``state_dir`` and its SQLite file (replicas on one host);
+* ``postgresql``: ``[sentinel] state_dsn_env`` names the test's fresh database (the fence's
+  too) and each replica has a ``state_dir`` of its own, as on separate hosts: the journal,
+  alerts, outbox and policy state are shared through PostgreSQL alone, and no SQLite state
+  file is ever created. (``incidents_dir`` and ``backup_dir`` stay the table's: they are part
+  of a rollback plan, and a replica resumes only a plan identical to its own, so replicas run
+  the same table; on separate hosts the same path is a different disk.)
+
+The test reads the journal, the alerts and the policy state back through the same back end.
 
 The rollback is a command-backend application whose commands append to ``steps.log`` which
 replica (the daemon's pid, ``$PPID`` of the command) ran them. The rollback command (and, for
@@ -40,7 +50,9 @@ from harness.wait import WaitTimeoutError, wait_until
 from spek_sentinel.config import load_config
 from spek_sentinel.paging.desk import AlertDesk
 from spek_sentinel.rollback.journal import Journal, Owner, RunRecord, StepRecord
-from spek_sentinel.store.sqlite import SqliteStore
+from spek_sentinel.store.db import STATE_FILE
+from spek_sentinel.store.open import StateLocation, state_location
+from spek_sentinel.store.records import StateStore
 from spek_sentinel.store.state import POLICY, StateDocuments
 
 T = TypeVar("T")
@@ -55,6 +67,7 @@ APP_STEPS = ("document the incident", "pre-flight", "stop traffic")
 AFTER_APP = ("restart", "verify")
 CLI = (sys.executable, "-m", "spek_sentinel.cli")
 BREACH = ("--value", "1", "--reason", "x")
+STATE_DSN_ENV = "T_HA_STATE_DSN"
 
 
 def gated(tmp: Path, what: str, then: str) -> list[str]:
@@ -77,7 +90,7 @@ def logged(tmp: Path, what: str, then: str = "true") -> list[str]:
     return ["sh", "-c", f'{then} && echo "{what} $PPID" >> {tmp / "steps.log"}']
 
 
-def table(tmp: Path, health: str, relay: str, *, database: bool) -> str:
+def table(tmp: Path, health: str, relay: str, *, database: bool, state_dsn: bool) -> str:
     app = {
         "kind": "command",
         "stop_command": logged(tmp, "stop"),
@@ -89,6 +102,7 @@ def table(tmp: Path, health: str, relay: str, *, database: bool) -> str:
     lines = [
         "[sentinel]",
         f'state_dir = "{tmp / "state"}"',
+        f'state_dsn_env = "{STATE_DSN_ENV}"' if state_dsn else "",
         'veto_window = "0s"',
         "",
         "[api]",
@@ -289,10 +303,17 @@ class Cluster:
         redis: RedisServer,
         fence_dsn: str,
         app_dsn: str | None,
+        state_dsn: str | None,
     ) -> None:
         self.tmp = tmp
         self.redis = redis
-        self.state = tmp / "state"
+        # SQLite: the shared state_dir's file; PostgreSQL: the database, each replica's
+        # state_dir its own (``host_state_dir``)
+        self.location = (
+            StateLocation.sqlite(tmp / "state" / STATE_FILE)
+            if state_dsn is None
+            else StateLocation.postgres(state_dsn, STATE_DSN_ENV)
+        )
         self.health = HttpReceiver()
         self.relay = HttpReceiver()
         (tmp / "gates").mkdir()
@@ -300,10 +321,16 @@ class Cluster:
         (tmp / "app.release").write_text("v2-bad\n", encoding="utf-8")
         self.config = tmp / "thresholds.toml"
         self.config.write_text(
-            table(tmp, self.health.url, self.relay.url, database=app_dsn is not None),
+            table(
+                tmp,
+                self.health.url,
+                self.relay.url,
+                database=app_dsn is not None,
+                state_dsn=state_dsn is not None,
+            ),
             encoding="utf-8",
         )
-        store = SqliteStore.in_dir(self.state)
+        store = StateStore.open(self.location)
         try:  # v1-good is known good, v2-bad went out a minute ago
             now = time.time()
             store.record_release("v1-good", now - 7200, "deploy")
@@ -317,8 +344,22 @@ class Cluster:
             "T_HA_FENCE_DSN": fence_dsn,
             "T_HA_WEBHOOK_SECRET": WEBHOOK_SECRET,
             **({"T_HA_APP_DSN": app_dsn} if app_dsn is not None else {}),
+            **({STATE_DSN_ENV: state_dsn} if state_dsn is not None else {}),
         }
+        # the replicas, the test and the CLI read the table the same way
+        assert state_location(load_config(self.config, self.environ), self.environ) == (
+            self.location
+        )
         self.replicas: list[Replica] = []
+
+    @property
+    def shared_dirs(self) -> bool:
+        """SQLite: the replicas share the table's state_dir. PostgreSQL: each has its own."""
+        return self.location.dialect == "sqlite"
+
+    def host_state_dir(self, name: str) -> Path:
+        """The state_dir of a replica on a host of its own (PostgreSQL: it holds nothing)."""
+        return self.tmp / "hosts" / name / "state"
 
     # ---- running ----------------------------------------------------------------------------
 
@@ -331,6 +372,9 @@ class Cluster:
                 "SPEK_SENTINEL_API__LISTEN": json.dumps(f"127.0.0.1:{port}"),
                 "SPEK_SENTINEL_HA__REPLICA": json.dumps(name),
             }
+            if not self.shared_dirs:
+                state_dir = self.host_state_dir(name)
+                env["SPEK_SENTINEL_SENTINEL__STATE_DIR"] = json.dumps(str(state_dir))
             with log_path.open("wb") as log:
                 proc = subprocess.Popen(
                     [*CLI, "run", "-c", str(self.config), "--log-json"],
@@ -344,6 +388,12 @@ class Cluster:
         self.wait(
             lambda: all(r.readyz() is not None for r in self.replicas), 30, "every replica serves"
         )
+        if not self.shared_dirs:  # each replica made its own state_dir (and kept nothing there)
+            assert all(self.host_state_dir(r.name).is_dir() for r in self), self.report()
+
+    def state_files(self) -> list[Path]:
+        """Every SQLite state file under the test's dirs (PostgreSQL: there must be none)."""
+        return sorted(self.tmp.rglob(f"{STATE_FILE}*"))
 
     def close(self) -> None:
         self.open_gate("all")  # a stopping daemon waits for the step it runs
@@ -421,14 +471,14 @@ class Cluster:
         return found
 
     def runs(self) -> list[RunRecord]:
-        journal = Journal.in_dir(self.state)
+        journal = Journal.open(self.location)
         try:
             return journal.runs()
         finally:
             journal.close()
 
     def steps(self, incident: str) -> dict[str, StepRecord]:
-        journal = Journal.in_dir(self.state)
+        journal = Journal.open(self.location)
         try:
             return {step.name: step for step in journal.steps(incident).values()}
         finally:
@@ -456,7 +506,7 @@ class Cluster:
         return self.wait(ended, timeout, "the rollback run ended")
 
     def policy(self) -> dict[str, Any]:
-        documents = StateDocuments.in_dir(self.state)
+        documents = StateDocuments.open(self.location)
         try:
             saved = documents.load(POLICY)
         finally:
@@ -467,7 +517,7 @@ class Cluster:
     def alerts(self) -> dict[str, str]:
         """Alert dedup key -> summary."""
         config = load_config(str(self.config))
-        desk = AlertDesk.in_dir(self.state, config.escalation, config.notice_pagers)
+        desk = AlertDesk.open(self.location, config.escalation, config.notice_pagers)
         try:
             return {alert.dedup_key: alert.summary for alert in desk.store.alerts()}
         finally:
@@ -520,14 +570,23 @@ def app_database(postgres_server: PostgresServer) -> Iterator[str]:
     postgres_server.drop_database(name)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_backend(request: pytest.FixtureRequest) -> str:
+    """Where the replicas share their state; see the module docstring."""
+    backend: str = request.param
+    return backend
+
+
 @pytest.fixture
 def make_cluster(
-    tmp_path: Path, redis: RedisServer, postgres_db: str
+    tmp_path: Path, redis: RedisServer, postgres_db: str, state_backend: str
 ) -> Iterator[Callable[..., Cluster]]:
+    """``postgres_db`` holds the fence, and on ``postgresql`` the state as well."""
     made: list[Cluster] = []
+    state_dsn = postgres_db if state_backend == "postgresql" else None
 
     def make(app_dsn: str | None = None) -> Cluster:
-        cluster = Cluster(tmp_path, redis, postgres_db, app_dsn)
+        cluster = Cluster(tmp_path, redis, postgres_db, app_dsn, state_dsn)
         made.append(cluster)
         cluster.start()
         return cluster
@@ -535,6 +594,9 @@ def make_cluster(
     yield make
     for cluster in made:
         cluster.close()
+    for cluster in made:  # nothing went to (or was shared through) a SQLite file
+        if not cluster.shared_dirs:
+            assert cluster.state_files() == []
 
 
 # ---- the cases ----------------------------------------------------------------------------------
