@@ -3,6 +3,7 @@ how a rollback is verified. The rollback package carries it out."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -73,8 +74,51 @@ class CommandApplication(StrictModel):
     target_exists_command: Argv  # exit 0: the release exists (pre-flight, before any stop)
 
 
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class ProcessApplication(StrictModel):
+    """spek-sentinel runs the release's process itself (rollback/apps/process.py)."""
+
+    kind: Literal["process"]
+    # the release in the foreground; "{release}" in an argument is replaced by the release
+    command: Argv
+    name: str = Field(default="app", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    cwd: str | None = None
+    # the process's environment besides PATH and LANG: literal values, so nothing secret
+    env: dict[str, str] = {}
+    # secrets: the process's variable -> the sentinel's variable holding the value
+    env_from: dict[str, str] = {}
+    # what "the rollback target exists" means: one of the releases listed, or the command's exit 0
+    releases: list[str] | None = Field(default=None, min_length=1)
+    target_exists_command: Argv | None = None
+    state_dir: str | None = None  # record, pid file and log; default <[sentinel] state_dir>/apps
+    stop_grace: PositiveDuration = 10.0  # SIGTERM, then SIGKILL after this long
+    ready_url: str | None = None  # start returns once this answers 2xx
+    start_check: PositiveDuration = 2.0  # without ready_url: the process must stay up this long
+    start_timeout: PositiveDuration = 60.0  # for ready_url to answer
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProcessApplication:
+        if (self.releases is None) == (self.target_exists_command is None):
+            raise ValueError(
+                "set releases (the releases there are) or target_exists_command, exactly one"
+            )
+        for name in (*self.env, *self.env_from, *self.env_from.values()):
+            if not _VARIABLE.fullmatch(name):
+                # not echoed: a value pasted here by mistake must not reach the logs
+                raise ValueError("env and env_from take environment variable names")
+        both = sorted(set(self.env) & set(self.env_from))
+        if both:
+            raise ValueError(f"{', '.join(both)} set in both env and env_from")
+        if self.ready_url is not None and not re.match(r"https?://[^/@\s]+", self.ready_url):
+            raise ValueError("ready_url: an http:// or https:// URL without credentials")
+        return self
+
+
 Application = Annotated[
-    DockerApplication | GitApplication | CommandApplication, Field(discriminator="kind")
+    DockerApplication | GitApplication | CommandApplication | ProcessApplication,
+    Field(discriminator="kind"),
 ]
 
 

@@ -21,15 +21,17 @@ from spek_sentinel.config.rollback import (
     CommandApplication,
     DockerApplication,
     GitApplication,
+    ProcessApplication,
     RollbackSettings,
 )
-from spek_sentinel.domain.errors import RollbackError
+from spek_sentinel.domain.errors import ConfigError, ConfigProblem, RollbackError
 from spek_sentinel.domain.units import iso
 from spek_sentinel.rollback.app_migrations import AppCommandMigrator, AppCommands
-from spek_sentinel.rollback.apps.base import AppBackend, StepOutput
+from spek_sentinel.rollback.apps.base import DEFAULT_ENV, AppBackend, StepOutput
 from spek_sentinel.rollback.apps.command import CommandAppSettings, CommandBackend
 from spek_sentinel.rollback.apps.docker import DockerAppSettings, DockerBackend
 from spek_sentinel.rollback.apps.git import GitAppSettings, GitBackend
+from spek_sentinel.rollback.apps.process import ProcessAppSettings, ProcessBackend
 from spek_sentinel.rollback.backup import DatabaseTarget, create_backup, list_backups, preflight
 from spek_sentinel.rollback.executor import Plan, Step, StepContext, StepFailedError, StepResult
 from spek_sentinel.rollback.journal import VerifiedBackup
@@ -61,7 +63,14 @@ class PlanRequest:
     started_at: float = 0.0
 
 
-def app_backend(settings: RollbackSettings) -> AppBackend | None:
+def app_backend(
+    settings: RollbackSettings,
+    environ: Mapping[str, str] | None = None,
+    state_dir: Path | None = None,
+) -> AppBackend | None:
+    """The ``[rollback.application]`` backend, or None. ``environ`` holds the secrets a process
+    backend's ``env_from`` names; ``state_dir`` is ``[sentinel] state_dir``, under which a
+    process backend keeps its record unless it names its own."""
     app = settings.application
     if isinstance(app, DockerApplication):
         return DockerBackend(DockerAppSettings(container=app.container))
@@ -85,7 +94,46 @@ def app_backend(settings: RollbackSettings) -> AppBackend | None:
                 target_exists_command=tuple(app.target_exists_command),
             )
         )
+    if isinstance(app, ProcessApplication):
+        return process_backend(app, environ or {}, state_dir)
     return None
+
+
+def process_backend(
+    app: ProcessApplication, environ: Mapping[str, str], state_dir: Path | None
+) -> ProcessBackend:
+    """A ConfigError names each ``env_from`` variable that is not set."""
+    secrets: dict[str, str] = {}
+    problems = []
+    for name, source in app.env_from.items():
+        value = environ.get(source)
+        if not value:
+            state = "not set" if value is None else "empty"
+            key = f"rollback.application.env_from.{name}"
+            problems.append(ConfigProblem(source, key, f"environment variable is {state}"))
+        else:
+            secrets[name] = value
+    if problems:
+        raise ConfigError(problems)
+    default_dir = (state_dir or Path("/var/lib/spek-sentinel")) / "apps"
+    return ProcessBackend(
+        ProcessAppSettings(
+            command=tuple(app.command),
+            state_dir=Path(app.state_dir) if app.state_dir is not None else default_dir,
+            name=app.name,
+            releases=tuple(app.releases) if app.releases is not None else None,
+            target_exists_command=(
+                tuple(app.target_exists_command) if app.target_exists_command else None
+            ),
+            cwd=Path(app.cwd) if app.cwd is not None else None,
+            env={**DEFAULT_ENV, **app.env, **secrets},
+            secrets=tuple(secrets.values()),
+            stop_grace=app.stop_grace,
+            ready_url=app.ready_url,
+            start_check=app.start_check,
+            start_timeout=app.start_timeout,
+        )
+    )
 
 
 def _text(output: StepOutput) -> str:
@@ -128,7 +176,7 @@ class _Builder:
                 "but [rollback] env_file is not set"
             )
         self.database = database_target(config, environ)
-        self.app = app_backend(self.settings)
+        self.app = app_backend(self.settings, environ, Path(config.model.sentinel.state_dir))
         self.steps: list[Step] = []
 
     def step(
