@@ -30,6 +30,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from starlette.applications import Starlette
 
 from spek_sentinel.config import Config, load_config
+from spek_sentinel.console import ConsoleRoutes
 from spek_sentinel.domain.errors import ConfigError, ConfigProblem, RollbackError
 from spek_sentinel.domain.rules import RuleState
 from spek_sentinel.ha.leader import LeaderStatus, maintain
@@ -120,6 +121,7 @@ class Generation:
         )
         shortest = min((probe.interval for probe in self.probes), default=TICK)
         status = StatusRoutes(self.watch, self.metrics, stale_after=max(3 * shortest, 60.0))
+        console = ConsoleRoutes(self.watch, token, clock, secrets=self.secrets)
         self.app: Starlette = create_app(
             config,
             self.signals,
@@ -127,7 +129,7 @@ class Generation:
             clock,
             desk=self.desk,
             inbound=inbound,
-            extra_routes=status.routes(),
+            extra_routes=[*status.routes(), *console.routes()],
         )
         self._inbound_seen: dict[tuple[str, str], int] = {}
         self.scheduler: AsyncIOScheduler | None = None

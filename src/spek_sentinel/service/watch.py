@@ -105,6 +105,8 @@ class Watch:
         self.leadership_shared = not isinstance(self.leadership, SingleNode)
         self._was_leader = False
         self._recovered = False
+        # told every probe's samples as they arrive (the console's sparklines)
+        self.sample_observers: list[Callable[[Sequence[Sample]], None]] = []
 
     async def aclose(self) -> None:
         await asyncio.gather(*(pager.aclose() for pager in self.pagers.values()))
@@ -116,6 +118,8 @@ class Watch:
         self.leading(self.clock())  # a new leader takes over the state before judging
         started = time.monotonic()
         samples = await observe(probe, self.clock)
+        for observer in self.sample_observers:
+            observer(samples)
         now = self.clock()
         decisions = self.sentinel.observe_many(samples)
         self.state.last_evaluation = now
