@@ -9,6 +9,7 @@ import json
 import pytest
 
 from spek_sentinel.console.history import Point, SignalHistory, series_key
+from spek_sentinel.console.routes import _safe_next
 from spek_sentinel.console.session import SessionKeys, same_origin
 from spek_sentinel.console.svg import Bar, meter, sparkline, timeline
 from spek_sentinel.console.text import MASK, Escaper, value_in
@@ -133,3 +134,22 @@ def test_the_pictures_need_no_inline_style_and_escape_their_text() -> None:
     )
     assert "a&lt;b" in chart and "not run" in chart and "style=" not in chart
     assert "style=" not in meter(700, 300, 600, esc=esc)
+
+
+@pytest.mark.parametrize(
+    ("asked", "sent_to"),
+    [
+        ("/console/alerts?all=1", "/console/alerts?all=1"),
+        ("/console/incidents/inc-1", "/console/incidents/inc-1"),
+        ("", "/console/now"),
+        ("https://evil.example/console/now", "/console/now"),
+        ("//evil.example/console/now", "/console/now"),
+        ("/console/..//evil.example", "/console/now"),
+        ("/console\\..\\evil", "/console/now"),
+        ("/api/v1/alerts", "/console/now"),
+        ("/console/login?next=/console/now", "/console/now"),
+        ("/console/live/now", "/console/now"),
+    ],
+)
+def test_after_login_only_a_console_page_of_this_site(asked: str, sent_to: str) -> None:
+    assert _safe_next(asked) == sent_to

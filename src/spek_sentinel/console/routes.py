@@ -93,7 +93,9 @@ def _html(body: str, status: int = 200) -> Response:
 def _safe_next(path: str) -> str:
     """Only a console path of this site: never another host, scheme or ``//host``."""
     parts = urlsplit(path)
-    if parts.scheme or parts.netloc or "\\" in path or not path.startswith("/console/"):
+    if parts.scheme or parts.netloc or not path.startswith("/console/"):
+        return "/console/now"
+    if "\\" in path or "//" in path or "/." in path:
         return "/console/now"
     if path.startswith("/console/login") or path.startswith("/console/live/"):
         return "/console/now"
