@@ -7,7 +7,17 @@ import sys
 from collections.abc import Sequence
 
 from spek_sentinel import __version__
-from spek_sentinel.commands import alerts, check, releases, replay, rollback, run, signal, validate
+from spek_sentinel.commands import (
+    alerts,
+    check,
+    demo,
+    releases,
+    replay,
+    rollback,
+    run,
+    signal,
+    validate,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (validate, check, replay, signal, releases, rollback, alerts, run):
+    for command in (validate, check, replay, signal, releases, rollback, alerts, run, demo):
         command.add_parser(commands)
     return parser
 

@@ -295,7 +295,7 @@ class _Builder:
             if target is not None:
                 found = preflight(target, backup_dir, context.remaining())
                 lines.append(
-                    f"database {target.describe()}: server {found.server_version}, "
+                    f"{target.describe()}: server {found.server_version}, "
                     f"pg_dump {found.pg_dump_version}, {found.free_bytes} bytes free for "
                     f"~{found.estimated_bytes}"
                 )
