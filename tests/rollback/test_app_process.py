@@ -85,6 +85,14 @@ def site(tmp_path: Path) -> Iterator[Site]:
     yield made
     for backend in made.made:  # nothing a test started outlives it
         backend.stop(timeout=30)
+    leaked = [
+        process
+        for process in psutil.process_iter(["cmdline"])
+        if str(made.info) in " ".join(process.info["cmdline"] or [])
+    ]
+    for process in leaked:
+        process.kill()
+    assert leaked == [], "a release the backend's record no longer names was left running"
 
 
 def gone(pid: int) -> bool:
@@ -243,10 +251,13 @@ def test_a_stale_pid_file_is_removed_and_a_stranger_is_never_signalled(site: Sit
         started = backend.start(timeout=30)
         assert started.changed and site.answer() == "v1"
         assert stranger.poll() is None
+        assert backend.stop(timeout=30).changed  # our own, the one the record names now
+        assert stranger.poll() is None
     finally:
         stranger.kill()
         stranger.wait()
 
+    record = json.loads(record_path.read_text())
     record_path.write_text("{not json")
     with pytest.raises(AppBackendError, match="cannot read"):
         site.backend().current_release()
