@@ -163,6 +163,7 @@ def test_the_daemon_takes_routine_backups_while_all_is_well_and_pages_a_failure(
     import time  # noqa: PLC0415
 
     from spek_sentinel.config import load_config  # noqa: PLC0415
+    from spek_sentinel.domain.samples import Sample  # noqa: PLC0415
     from spek_sentinel.paging.desk import AlertDesk  # noqa: PLC0415
     from spek_sentinel.rollback.backup import list_backups  # noqa: PLC0415
     from spek_sentinel.service.daemon import Generation  # noqa: PLC0415
@@ -171,6 +172,8 @@ def test_the_daemon_takes_routine_backups_while_all_is_well_and_pages_a_failure(
 
     async def routine(environ: dict[str, str]) -> None:
         generation = Generation(config, environ, time.time)
+        # every rule judged OK on a real sample: what "all is well" means
+        generation.watch.sentinel.observe(Sample("data_corruption", time.time(), value=0.0))
         try:
             await generation._routine_backup()
         finally:
@@ -222,3 +225,34 @@ def test_a_backup_is_marked_with_the_schema_version_it_holds(
     assert main(["backup", "-c", str(table)]) == 0
     [backup] = list_backups(tmp_path / "backups")
     assert backup.schema == "2"
+
+
+def test_no_routine_backup_under_a_release_not_yet_known_good(
+    tmp_path: Path, postgres_db: str
+) -> None:
+    import asyncio  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from spek_sentinel.config import load_config  # noqa: PLC0415
+    from spek_sentinel.domain.samples import Sample  # noqa: PLC0415
+    from spek_sentinel.rollback.backup import list_backups  # noqa: PLC0415
+    from spek_sentinel.service.daemon import Generation  # noqa: PLC0415
+
+    config = load_config(str(dsn_table(tmp_path)))
+    store = StateStore.in_dir(tmp_path / "state")
+    try:
+        store.record_release("spek:2.0.0", time.time(), "deploy")  # just deployed
+    finally:
+        store.close()
+
+    async def routine() -> None:
+        generation = Generation(config, {"RELEASE_TEST_DSN": postgres_db}, time.time)
+        generation.watch.sentinel.observe(Sample("data_corruption", time.time(), value=0.0))
+        try:
+            await generation._routine_backup()
+        finally:
+            await generation.stop()
+
+    asyncio.run(routine())
+    # its data may already be damaged: a restore must never pick it as "last known good"
+    assert list_backups(tmp_path / "backups") == []

@@ -33,6 +33,8 @@ from spek_sentinel.config import Config, load_config
 from spek_sentinel.console import ConsoleRoutes
 from spek_sentinel.domain.errors import ConfigError, ConfigProblem, RollbackError
 from spek_sentinel.domain.rules import RuleState
+from spek_sentinel.domain.samples import ReleaseMark
+from spek_sentinel.domain.units import iso
 from spek_sentinel.ha.leader import LeaderStatus, maintain
 from spek_sentinel.paging.build import (
     inbound_secrets,
@@ -58,7 +60,7 @@ from spek_sentinel.store.state import StateDocuments
 log = logging.getLogger(__name__)
 
 TICK = 5.0  # seconds between ticks: time-based verdicts, answers, escalation, the outbox
-RELEASE_CHECK = 60.0  # seconds between release-health checks ("known good")
+RELEASE_CHECK = 15.0  # seconds between release checks: a new release, and "known good"
 
 
 class _Server(uvicorn.Server):
@@ -132,6 +134,7 @@ class Generation:
             extra_routes=[*status.routes(), *console.routes()],
         )
         self._inbound_seen: dict[tuple[str, str], int] = {}
+        self._release_seen: str | None = None
         self.scheduler: AsyncIOScheduler | None = None
         self.server: _Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -172,6 +175,7 @@ class Generation:
             name="release health",
             coalesce=True,
             max_instances=1,
+            next_run_time=now,
         )
         every = self.config.model.rollback.backup_every
         if every > 0 and self.config.model.rollback.database is not None:
@@ -270,10 +274,12 @@ class Generation:
             self._inbound_seen[(source, reason)] = count
 
     def _healthy(self) -> bool:
-        """Every watched rule OK: not pending, firing, resolving or blind."""
-        statuses = self.watch.sentinel.engine.status()
+        """Every watched rule OK, each judged on at least one usable sample: not pending,
+        firing, resolving, blind, or not yet seen."""
+        statuses = [s for s in self.watch.sentinel.engine.status() if s.rule.phase == "watch"]
         return bool(statuses) and all(
-            status.state is RuleState.OK for status in statuses if status.rule.phase == "watch"
+            status.state is RuleState.OK and status.last_usable_at is not None
+            for status in statuses
         )
 
     async def _routine_backup(self) -> None:
@@ -282,6 +288,12 @@ class Generation:
             return
         if not self._healthy():
             log.info("routine backup skipped: not every rule is OK")
+            return
+        history = await asyncio.to_thread(self.signals.releases)
+        if history and history[0].known_good_at is None:
+            # a release not yet proven good may already be damaging data: such a backup
+            # must never become the "last known good" a restore playbook picks
+            log.info("routine backup skipped: release %s is not known good yet", history[0].version)
             return
         try:
             record = await asyncio.to_thread(
@@ -295,8 +307,19 @@ class Generation:
             log.info("routine backup verified: %s (sha256 %s)", record.path, record.sha256)
 
     async def _release_health(self) -> None:
-        """A release healthy (every watch rule OK) for ``known_good_after`` becomes known good.
-        The leader's judgement only: followers write nothing."""
+        """A new release anchors the rules' release baselines and trend warm-ups; a release
+        healthy (every watch rule OK) for ``known_good_after`` becomes known good, the leader's
+        judgement only: followers write nothing."""
+        history = await asyncio.to_thread(self.signals.releases)
+        if history and history[0].version != self._release_seen:
+            current = history[0]
+            mark = ReleaseMark(current.first_seen, current.version)
+            if self._release_seen is None:
+                self.watch.sentinel.engine.release(mark)  # at start: anchor baselines only
+            else:
+                self.watch.sentinel.release(mark)  # may be a rollback landing
+            self._release_seen = current.version
+            log.info("release %s current since %s", current.version, iso(current.first_seen))
         if not self.leadership.is_leader:
             return
         healthy = self._healthy()
