@@ -4,17 +4,20 @@ real Docker engine and a real PostgreSQL, with the journal, report and release h
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import psycopg
 import pytest
 
 from rollback.test_app_docker import V1, V2, App, app, app_images
+from rollback.test_restore_container import PASSWORD, USER, pg_container, psql
 from spek_sentinel.cli import main
 from spek_sentinel.rollback.backup import list_backups
 
-__all__ = ["app", "app_images"]
+__all__ = ["app", "app_images", "pg_container"]
 
 TABLE = """
 [sentinel]
@@ -273,6 +276,76 @@ def test_data_corruption_playbook_stops_restores_the_last_known_good_backup_and_
         rows = db.execute("SELECT id, name FROM projects ORDER BY id").fetchall()
     assert rows == [(1, "atlantis"), (2, "loop 3")]
     app.wait_serving("v2")  # the same release, restarted
+
+
+def test_data_corruption_playbook_restores_inside_the_database_container(  # noqa: PLR0917 -- fixtures
+    tmp_path: Path,
+    app: App,
+    pg_container: str,
+    docker_engine: docker.DockerClient,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The shipped table's way: [rollback.database] names the container, and the database is
+    reachable only through docker exec (no DSN, nothing published)."""
+    dbname = f"spek_{uuid.uuid4().hex[:10]}"
+
+    def sql(command: str, database: str = dbname) -> str:
+        return psql(pg_container, database, command, client=docker_engine)
+
+    def databases() -> list[str]:  # this one, and what the restore left beside it
+        named = "SELECT datname FROM pg_database WHERE starts_with(datname, '{}')"
+        return sql(named.format(dbname), "postgres").splitlines()
+
+    sql(f"CREATE DATABASE {dbname}", "postgres")
+    try:
+        sql("CREATE TABLE projects (id int primary key, name text);"
+            " INSERT INTO projects VALUES (1, 'atlantis'), (2, 'loop 3')")  # fmt: skip
+        monkeypatch.setenv("PLAYBOOK_TEST_PG_PASSWORD", PASSWORD)
+        text = TABLE.format(root=tmp_path, container=app.name, port=app.port)
+        text = text.replace(
+            '[rollback.database]\ndsn_env = "PLAYBOOK_TEST_DSN"\n',
+            f'[rollback.database]\ncontainer = "{pg_container}"\ndbname = "{dbname}"\n'
+            f'user = "{USER}"\npassword_env = "PLAYBOOK_TEST_PG_PASSWORD"\n',
+        )
+        probe = text.index("[probes.database]")  # no DSN to probe it by from here
+        text = text[:probe] + text[text.index("[playbooks.", probe) :]
+        table = tmp_path / "thresholds.toml"
+        table.write_text(text, encoding="utf-8")
+        app.run(V2)
+        app.wait_serving("v2")
+        assert main(["backup", "-c", str(table)]) == 0, capsys.readouterr().err
+        sql("DELETE FROM projects WHERE id = 2; UPDATE projects SET name = 'corrupted'")
+        capsys.readouterr()
+
+        args = ["rollback", "-c", str(table), "--playbook", "data_corruption", "--yes"]
+        assert main(args) == 0, capsys.readouterr().err
+        out, err = capsys.readouterr()
+
+        steps = [line.split(". ", 1)[1].split(":")[0] for line in out.splitlines() if ". " in line]
+        assert steps[:5] == [
+            "document the incident",
+            "pre-flight",
+            "emergency backup and verify",
+            "stop traffic",
+            "database restore",
+        ]
+        assert sql("SELECT id, name FROM projects ORDER BY id") == "1|atlantis\n2|loop 3"
+        damaged = [name for name in databases() if name.startswith(f"{dbname}_damaged_")]
+        assert len(damaged) == 1, "the damaged database is kept for forensics"
+        assert sql("SELECT id, name FROM projects", damaged[0]) == "1|corrupted"
+        [report] = (tmp_path / "incidents").glob("*.md")
+        assert "| database restore | succeeded |" in report.read_text(encoding="utf-8")
+        app.wait_serving("v2")  # the same release, restarted
+        leaked = [
+            path
+            for path in tmp_path.rglob("*")
+            if path.is_file() and PASSWORD.encode() in path.read_bytes()
+        ]
+        assert PASSWORD not in out + err and leaked == [], "the password is written nowhere"
+    finally:
+        for name in databases():
+            sql(f'DROP DATABASE "{name}" WITH (FORCE)', "postgres")
 
 
 SECURITY_BREACH = """

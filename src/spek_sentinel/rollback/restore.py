@@ -19,8 +19,19 @@ no database at all, and the damaged one, the evidence of what went wrong, is gon
 
 A failure before the swap drops the half-restored database and leaves the live one as it was.
 If the second rename fails, the damaged database is renamed back and the error says so; the
-verified copy is kept under its restore name. The password reaches pg_restore through a 0600
-PGPASSFILE in a private temporary directory, never through argv, and no message shows it.
+verified copy is kept under its restore name.
+
+The server is reached one of two ways, with the same steps and the same guarantees:
+
+- ``restore_and_swap``: by DSN, from this host. The password reaches pg_restore through a 0600
+  PGPASSFILE in a private temporary directory, never through argv.
+- ``restore_in_container``: only inside the database's container, as in the runbook
+  (``docker exec spek-postgres ...``; ``pg_container.py``). The statements run in ``psql``
+  sessions there (the admin session, holding the advisory lock, stays open for the whole
+  restore), the backup is streamed from this host into ``pg_restore`` there (the container's
+  own, so it matches the server), and the password goes only in the exec's environment.
+
+No message shows the password.
 """
 
 from __future__ import annotations
@@ -33,11 +44,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import psycopg
 from psycopg import sql
@@ -45,10 +56,19 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
 from spek_sentinel.domain.errors import RollbackError
-from spek_sentinel.rollback.apps.base import CommandEnv, CommandResult, run_command
+from spek_sentinel.rollback.apps.base import CommandEnv, run_command
+from spek_sentinel.rollback.backup import DatabaseTarget
+from spek_sentinel.rollback.pg_container import (
+    Container,
+    ContainerError,
+    ExecResult,
+    open_psql,
+    run_in_container,
+)
 from spek_sentinel.secrets import redact
 
 Conn = psycopg.Connection[TupleRow]
+Query = sql.SQL | sql.Composed
 
 BIN_ROOT = Path("/usr/lib/postgresql")
 _NAME_BYTES = 63  # PostgreSQL cuts longer identifiers silently: two stamps could then collide
@@ -68,6 +88,8 @@ _LIST_SETTINGS = frozenset(
 _PASS_THROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PGSERVICEFILE", "PGSYSCONFDIR")
 _PASS_THROUGH_PREFIXES = ("PGSSL", "PGGSS", "PGKRB", "PGTARGET")
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_APP_NAME = "spek-sentinel restore"
+_TOOL_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 _ERROR_CHARS = 600
 _POLL = 0.05
 
@@ -131,7 +153,7 @@ class RestoreRecord:
     tables: tuple[TableCount, ...]
     terminated: tuple[Session, ...]
     durations: Mapping[str, float]  # seconds: preflight, create, restore, verify, ..., total
-    pg_restore: Path
+    pg_restore: str  # the tool that loaded the backup: its path here, or "pg_restore in ..."
     server_major: int
     notes: tuple[str, ...] = ()  # what could not be done or read, none of it fatal
 
@@ -171,7 +193,7 @@ class _Plan:
     live: _Live | None
     admin_user: str
     major: int
-    pg_restore: Path
+    pg_restore: str  # which pg_restore loads the backup, for the record
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +216,75 @@ class _StageError(Exception):
         self.stage = stage
         self.reason = reason
         super().__init__(reason)
+
+
+class _Sql(Protocol):
+    """One session on the server: a psycopg connection (by DSN) or a psql session in the
+    database's container. Both raise psycopg's exceptions, by SQLSTATE."""
+
+    @property
+    def usable(self) -> bool: ...
+
+    @property
+    def pid(self) -> int: ...
+
+    def run(self, statement: Query) -> None: ...
+
+    def rows(self, query: Query) -> list[tuple[Any, ...]]: ...
+
+
+class _Connection:
+    """A psycopg connection (autocommit) as a ``_Sql``."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    @property
+    def usable(self) -> bool:
+        return not (self.conn.broken or self.conn.closed)
+
+    @property
+    def pid(self) -> int:
+        return self.conn.info.backend_pid
+
+    def run(self, statement: Query) -> None:
+        self.conn.execute(statement)
+
+    def rows(self, query: Query) -> list[tuple[Any, ...]]:
+        return list(self.conn.execute(query).fetchall())
+
+
+@dataclass(frozen=True, slots=True)
+class _Ran:
+    """What one pg_restore run did: the command (for messages), why it failed (None: it did
+    not), its output's redacted tail, and for ``--list`` the listing."""
+
+    command: str
+    failure: str | None
+    output: str
+    listing: str = ""
+
+
+class _Server(Protocol):
+    """How the restore reaches the server: sessions on its databases, and pg_restore."""
+
+    @property
+    def secrets(self) -> tuple[str, ...]: ...
+
+    def session(self, dbname: str) -> AbstractContextManager[_Sql]:
+        """A session on ``dbname`` for reading it (the row counts)."""
+        ...
+
+    def check_pg_restore(self, major: int) -> str:
+        """Pre-flight: refuse unless a pg_restore of the server's major version is there.
+        Returns which one, for the record."""
+        ...
+
+    def list_backup(self, major: int, backup: Path, timeout: float) -> _Ran: ...
+
+    def load(
+        self, major: int, backup: Path, dbname: str, options: Sequence[str], timeout: float
+    ) -> _Ran: ...
 
 
 def restore_and_swap(
@@ -221,64 +312,157 @@ def restore_and_swap(
     stops the restore, with the same clean-up as a failure, up to the swap, which is short and
     is not interrupted.
     """
-    started = time.monotonic()
-    durations: dict[str, float] = {}
     secrets = _dsn_secrets(admin_dsn)
     _check_backup(backup_path)
     with (
-        _admin(admin_dsn, connect_timeout, sql_timeout, secrets) as admin,
+        _admin(admin_dsn, connect_timeout, secrets) as admin,
         _client(admin_dsn, connect_timeout, timeout, secrets) as client,
     ):
-        try:
-            plan = _preflight(admin, dbname, bin_root, now())
-        except psycopg.Error as exc:
-            _refuse(f"a pre-flight query failed: {_one_line(exc, secrets)}")
-        toc_tables = _list_backup(plan, client, backup_path, timeout)
-        durations["preflight"] = time.monotonic() - started
+        return _restore(
+            _DsnServer(client, bin_root, sql_timeout),
+            _Connection(admin),
+            dbname,
+            backup_path,
+            timeout,
+            sql_timeout=sql_timeout,
+            swap_timeout=swap_timeout,
+            now=now,
+            check=check,
+        )
+
+
+def restore_in_container(
+    target: DatabaseTarget,
+    backup_path: Path,
+    timeout: float,
+    *,
+    admin_dbname: str = "postgres",
+    sql_timeout: float = 60.0,
+    swap_timeout: float = 30.0,
+    connect_timeout: float = 10.0,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    check: Callable[[], None] = lambda: None,
+) -> RestoreRecord:
+    """``restore_and_swap`` for a database reachable only inside its container
+    (``target.container``), as ``target.user`` with ``target.password`` (None when the
+    server does not ask for one). ``backup_path`` is a ``pg_dump -Fc`` file on this host,
+    streamed into the container's pg_restore.
+
+    ``admin_dbname`` is the database the admin session connects to (``postgres``, as in the
+    runbook's ``psql -U spek_user -d postgres``); ``target.user`` must be allowed to create
+    databases and end sessions there. Timeouts and ``check`` as for ``restore_and_swap``; the
+    tools in the container also run under its ``timeout``, so none of them outlives the
+    restore's time there.
+    """
+    if target.container is None or not target.dbname or not target.user:
+        raise ValueError("restore_in_container needs a target with container, dbname and user")
+    where = Container(
+        name=target.container,
+        user=target.user,
+        password=target.password,
+        docker_host=target.docker_host,
+        connect_timeout=connect_timeout,
+    )
+    _check_backup(backup_path)
+    if backup_path.is_dir():
+        _refuse(
+            f"backup {backup_path} is a directory (pg_dump -Fd): only a single-file archive "
+            "(pg_dump -Fc) can be streamed into the container"
+        )
+    server = _ContainerServer(
+        where,
+        reply_timeout=max(sql_timeout, swap_timeout) + connect_timeout + 5,
+        # the admin session's bound inside the container: every stage's limit and a margin
+        lifetime=timeout + 6 * sql_timeout + swap_timeout + 60,
+        sql_timeout=sql_timeout,
+    )
+    stack = ExitStack()
+    try:
+        admin = stack.enter_context(server.session(admin_dbname))
+    except psycopg.Error as exc:
+        _refuse(f"cannot open the admin session: {_one_line(exc, where.secrets)}")
+    with stack:
+        return _restore(
+            server,
+            admin,
+            target.dbname,
+            backup_path,
+            timeout,
+            sql_timeout=sql_timeout,
+            swap_timeout=swap_timeout,
+            now=now,
+            check=check,
+        )
+
+
+def _restore(
+    server: _Server,
+    admin: _Sql,
+    dbname: str,
+    backup_path: Path,
+    timeout: float,
+    *,
+    sql_timeout: float,
+    swap_timeout: float,
+    now: Callable[[], datetime],
+    check: Callable[[], None],
+) -> RestoreRecord:
+    started = time.monotonic()
+    durations: dict[str, float] = {}
+    secrets = server.secrets
+    try:
+        _set_timeout(admin, sql_timeout)
+    except psycopg.Error as exc:
+        _refuse(f"the admin connection failed: {_one_line(exc, secrets)}")
+    try:
+        plan = _preflight(admin, server, dbname, now())
+    except psycopg.Error as exc:
+        _refuse(f"a pre-flight query failed: {_one_line(exc, secrets)}")
+    toc_tables = _list_backup(plan, server, backup_path, timeout)
+    durations["preflight"] = time.monotonic() - started
+    check()
+    own: set[int] = set()
+    try:
+        tables, notes = _restore_and_verify(
+            admin,
+            server,
+            plan,
+            backup=backup_path,
+            timeout=timeout,
+            toc_tables=toc_tables,
+            durations=durations,
+            check=check,
+            own=own,
+        )
         check()
-        own: set[int] = set()
-        try:
-            tables, notes = _restore_and_verify(
-                admin,
-                client,
-                plan,
-                backup=backup_path,
-                timeout=timeout,
-                sql_timeout=sql_timeout,
-                toc_tables=toc_tables,
-                durations=durations,
-                check=check,
-                own=own,
+    except BaseException as exc:
+        cleanup, kept = _drop_restore(admin, plan)
+        if isinstance(exc, _StageError | psycopg.Error):
+            stage, reason = (
+                (exc.stage, exc.reason)
+                if isinstance(exc, _StageError)
+                else ("restore", _one_line(exc, secrets))
             )
-            check()
-        except BaseException as exc:
-            cleanup, kept = _drop_restore(admin, plan)
-            if isinstance(exc, _StageError | psycopg.Error):
-                stage, reason = (
-                    (exc.stage, exc.reason)
-                    if isinstance(exc, _StageError)
-                    else ("restore", _one_line(exc, secrets))
-                )
-                raise RestoreError(
-                    f"{reason}; {cleanup}; the live database {dbname} was not touched",
-                    stage=stage,
-                    destructive=False,
-                    kept=kept,
-                ) from None
-            raise
-        step = time.monotonic()
-        try:
-            renames, terminated, swap_notes = _swap(admin, plan, swap_timeout, own)
-        except psycopg.Error as exc:
-            names = (plan.dbname, plan.damaged_name, plan.restore_name)
             raise RestoreError(
-                f"the admin connection failed during the swap ({_one_line(exc, secrets)}); "
-                f"which of {', '.join(names)} exist now is unknown: check pg_database",
-                stage="swap",
-                destructive=True,
-                kept=names,
+                f"{reason}; {cleanup}; the live database {dbname} was not touched",
+                stage=stage,
+                destructive=False,
+                kept=kept,
             ) from None
-        durations["swap"] = time.monotonic() - step
+        raise
+    step = time.monotonic()
+    try:
+        renames, terminated, swap_notes = _swap(admin, plan, swap_timeout, own)
+    except psycopg.Error as exc:
+        names = (plan.dbname, plan.damaged_name, plan.restore_name)
+        raise RestoreError(
+            f"the admin connection failed during the swap ({_one_line(exc, secrets)}); "
+            f"which of {', '.join(names)} exist now is unknown: check pg_database",
+            stage="swap",
+            destructive=True,
+            kept=names,
+        ) from None
+    durations["swap"] = time.monotonic() - step
     durations["total"] = time.monotonic() - started
     return RestoreRecord(
         dbname=dbname,
@@ -313,27 +497,22 @@ def _check_backup(path: Path) -> None:
         _refuse(f"backup {path} is empty")
 
 
-def _preflight(admin: Conn, dbname: str, bin_root: Path, stamp: datetime) -> _Plan:
+def _preflight(admin: _Sql, server: _Server, dbname: str, stamp: datetime) -> _Plan:
     if not dbname or dbname in ("template0", "template1"):
         _refuse(f"will not replace database {dbname!r}")
-    row = admin.execute(
-        "SELECT current_database(), current_user, current_setting('server_version_num')::int"
-    ).fetchone()
-    assert row is not None
+    [row] = admin.rows(
+        sql.SQL(
+            "SELECT current_database(), current_user, current_setting('server_version_num')::int"
+        )
+    )
     current, admin_user, version_num = str(row[0]), str(row[1]), int(row[2])
     if current == dbname:
         _refuse(
-            f"the admin DSN connects to {dbname} itself; it must connect to another database of "
-            "the server (postgres), since the one being replaced is renamed away"
+            f"the admin session connects to {dbname} itself; it must connect to another database "
+            "of the server (postgres), since the one being replaced is renamed away"
         )
     major = version_num // 10000 if version_num >= 100000 else version_num // 100
-    pg_restore = bin_root / str(major) / "bin" / "pg_restore"
-    if not os.access(pg_restore, os.X_OK):
-        _refuse(
-            f"pg_restore for the server's PostgreSQL {major} not found at {pg_restore}; install "
-            f"postgresql-client-{major} (another major version may not read or restore "
-            "the archive correctly)"
-        )
+    pg_restore = server.check_pg_restore(major)
     _lock(admin, dbname)
     text = stamp.astimezone(UTC).strftime(_STAMP)
     restore_name = _derived(dbname, "restore", text)
@@ -346,11 +525,11 @@ def _preflight(admin: Conn, dbname: str, bin_root: Path, stamp: datetime) -> _Pl
     )
 
 
-def _lock(admin: Conn, dbname: str) -> None:
+def _lock(admin: _Sql, dbname: str) -> None:
     digest = hashlib.sha256(f"spek-sentinel restore {dbname}".encode()).digest()
     key = int.from_bytes(digest[:8], "big", signed=True)
-    row = admin.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-    if not row or not row[0]:
+    rows = admin.rows(sql.SQL("SELECT pg_try_advisory_lock({})").format(sql.Literal(key)))
+    if not rows or not rows[0][0]:
         _refuse(f"another restore of {dbname} is running (advisory lock held)")
 
 
@@ -361,34 +540,38 @@ def _derived(dbname: str, kind: str, stamp: str) -> str:
     return base + suffix
 
 
-def _exists(admin: Conn, name: str) -> bool:
-    return (
-        admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        is not None
+def _exists(admin: _Sql, name: str) -> bool:
+    return bool(
+        admin.rows(
+            sql.SQL("SELECT 1 FROM pg_database WHERE datname = {}").format(sql.Literal(name))
+        )
     )
 
 
-def _live(admin: Conn, dbname: str) -> _Live | None:
-    row = admin.execute(
-        "SELECT to_jsonb(d), pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding),"
-        " t.spcname, (SELECT s.setconfig FROM pg_db_role_setting s"
-        "   WHERE s.setdatabase = d.oid AND s.setrole = 0), d.datacl IS NULL"
-        " FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace"
-        " WHERE d.datname = %s",
-        (dbname,),
-    ).fetchone()
-    if row is None:
+def _live(admin: _Sql, dbname: str) -> _Live | None:
+    found = admin.rows(
+        sql.SQL(
+            "SELECT to_jsonb(d), pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding),"
+            " t.spcname, (SELECT s.setconfig FROM pg_db_role_setting s"
+            "   WHERE s.setdatabase = d.oid AND s.setrole = 0), d.datacl IS NULL"
+            " FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace"
+            " WHERE d.datname = {}"
+        ).format(sql.Literal(dbname))
+    )
+    if not found:
         return None
+    row = found[0]
     attrs: dict[str, Any] = row[0]
     acl = None
     if not row[5]:
-        grants = admin.execute(
-            "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END,"
-            " a.privilege_type, a.is_grantable"
-            " FROM pg_database d, aclexplode(d.datacl) a"
-            " WHERE d.datname = %s AND a.grantee <> d.datdba",
-            (dbname,),
-        ).fetchall()
+        grants = admin.rows(
+            sql.SQL(
+                "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END,"
+                " a.privilege_type, a.is_grantable"
+                " FROM pg_database d, aclexplode(d.datacl) a"
+                " WHERE d.datname = {} AND a.grantee <> d.datdba"
+            ).format(sql.Literal(dbname))
+        )
         acl = tuple((g[0], str(g[1]), bool(g[2])) for g in grants)
     icu = attrs.get("daticulocale") or attrs.get("datlocale")
     return _Live(
@@ -405,10 +588,9 @@ def _live(admin: Conn, dbname: str) -> _Live | None:
     )
 
 
-def _list_backup(plan: _Plan, client: _Client, backup: Path, timeout: float) -> int:
+def _list_backup(plan: _Plan, server: _Server, backup: Path, timeout: float) -> int:
     """The number of tables the archive holds, from ``pg_restore --list`` (no connection)."""
-    toc = client.workdir / "toc.txt"
-    ran = _pg_restore(plan, client, ["--list", "-f", str(toc), str(backup)], timeout)
+    ran = server.list_backup(plan.major, backup, timeout)
     if ran.failure is not None:
         hint = ""
         if "text format dump" in ran.output:
@@ -417,20 +599,19 @@ def _list_backup(plan: _Plan, client: _Client, backup: Path, timeout: float) -> 
                 "--list can check before anything is touched)"
             )
         _refuse(f"pg_restore --list cannot read backup {backup}{hint}: {ran.failure}\n{ran.output}")
-    return len(_TOC_TABLE.findall(toc.read_text(errors="replace")))
+    return len(_TOC_TABLE.findall(ran.listing))
 
 
 # --- restore and verify ---
 
 
 def _restore_and_verify(
-    admin: Conn,
-    client: _Client,
+    admin: _Sql,
+    server: _Server,
     plan: _Plan,
     *,
     backup: Path,
     timeout: float,
-    sql_timeout: float,
     toc_tables: int,
     durations: dict[str, float],
     check: Callable[[], None],
@@ -444,11 +625,10 @@ def _restore_and_verify(
     check()
 
     step = time.monotonic()
-    args = ["--no-owner", "--exit-on-error", "--no-password"]
+    options = ["--no-owner", "--exit-on-error", "--no-password"]
     if plan.live is not None and plan.live.owner != plan.admin_user:
-        args.append(f"--role={plan.live.owner}")  # objects end up owned by the app's role
-    args += ["-d", client.conninfo(plan.restore_name), str(backup)]
-    ran = _pg_restore(plan, client, args, timeout)
+        options.append(f"--role={plan.live.owner}")  # objects end up owned by the app's role
+    ran = server.load(plan.major, backup, plan.restore_name, options, timeout)
     durations["restore"] = time.monotonic() - step
     if ran.failure is not None:
         raise _StageError("restore", f"`{ran.command}` {ran.failure}\n{ran.output}")
@@ -456,10 +636,11 @@ def _restore_and_verify(
 
     step = time.monotonic()
     try:
-        after, _ = _counts(client, plan.restore_name, sql_timeout)
+        after, _ = _counts(server, plan.restore_name)
     except psycopg.Error as exc:
         raise _StageError(
-            "verify", f"the restored database cannot be read: {_text(exc, client)}"
+            "verify",
+            f"the restored database cannot be read: {_one_line(exc, server.secrets)}",
         ) from None
     unreadable = [name for name, count in after.items() if count is None]
     if unreadable:
@@ -481,12 +662,12 @@ def _restore_and_verify(
     before: dict[str, int | None] = {}
     if plan.live is not None:
         try:
-            before, own_pid = _counts(client, plan.dbname, sql_timeout)
+            before, own_pid = _counts(server, plan.dbname)
             own.add(own_pid)
         except psycopg.Error as exc:
             notes.append(
                 f"row counts of {plan.dbname} before the swap could not be read: "
-                f"{_text(exc, client)}"
+                f"{_one_line(exc, server.secrets)}"
             )
         notes.extend(
             f"count(*) of {name} in {plan.dbname} before the swap failed"
@@ -498,12 +679,12 @@ def _restore_and_verify(
     return [TableCount(n, before.get(n), after.get(n)) for n in names], notes
 
 
-def _create(admin: Conn, plan: _Plan) -> None:
+def _create(admin: _Sql, plan: _Plan) -> None:
     name = sql.Identifier(plan.restore_name)
     live = plan.live
     try:
         if live is None:
-            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name))
+            admin.run(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name))
             return
         statement = sql.SQL(
             "CREATE DATABASE {} TEMPLATE template0 OWNER {} ENCODING {} LC_COLLATE {} LC_CTYPE {}"
@@ -524,18 +705,18 @@ def _create(admin: Conn, plan: _Plan) -> None:
             statement = sql.SQL("{} LOCALE_PROVIDER icu ICU_LOCALE {}").format(
                 statement, sql.Literal(live.icu_locale)
             )
-        admin.execute(statement)
+        admin.run(statement)
     except psycopg.Error as exc:
         raise _StageError(
             "create", f"CREATE DATABASE {plan.restore_name} failed: {_one_line(exc)}"
         ) from None
     try:
         for setting in live.settings:
-            admin.execute(_alter_set(name, setting))
+            admin.run(_alter_set(name, setting))
         if live.acl is not None:
-            admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name))
+            admin.run(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name))
             for grantee, privilege, grantable in live.acl:
-                admin.execute(
+                admin.run(
                     sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
                         sql.SQL(privilege),  # CREATE, CONNECT or TEMPORARY, from aclexplode
                         name,
@@ -559,51 +740,43 @@ def _alter_set(name: sql.Identifier, setting: str) -> sql.Composed:
     return sql.SQL("ALTER DATABASE {} SET {} TO {}").format(name, sql.Identifier(key), literal)
 
 
-def _counts(client: _Client, dbname: str, sql_timeout: float) -> tuple[dict[str, int | None], int]:
+def _counts(server: _Server, dbname: str) -> tuple[dict[str, int | None], int]:
     """count(*) of every table outside the system schemas (None where the count failed), and
-    the backend pid of the session that counted."""
+    the backend pid of the session that counted. The session is read-only and under the
+    statement timeout that ``server.session`` sets."""
     counts: dict[str, int | None] = {}
-    with psycopg.connect(
-        client.conninfo(dbname),
-        password=client.password,
-        autocommit=True,
-        prepare_threshold=None,
-        connect_timeout=_seconds(client.params.get("connect_timeout")),
-        application_name="spek-sentinel restore",
-    ) as conn:
-        conn.execute(
-            "SELECT set_config('statement_timeout', %s, false),"
-            " set_config('default_transaction_read_only', 'on', false)",
-            (_ms(sql_timeout),),
+    with server.session(dbname) as conn:
+        conn.run(sql.SQL("SELECT set_config('default_transaction_read_only', 'on', false)"))
+        tables = conn.rows(
+            sql.SQL(
+                "SELECT n.nspname, c.relname FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema'"
+                " AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2"
+            )
         )
-        tables = conn.execute(
-            "SELECT n.nspname, c.relname FROM pg_class c"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema'"
-            " AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2"
-        ).fetchall()
         for schema, table in tables:
             label = f"{schema}.{table}"
             try:
-                row = conn.execute(
+                found = conn.rows(
                     sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
-                ).fetchone()
-                counts[label] = int(row[0]) if row else None
+                )
+                counts[label] = int(found[0][0]) if found else None
             except psycopg.Error:
-                if conn.broken or conn.closed:
+                if not conn.usable:
                     raise
                 counts[label] = None
-        pid = conn.info.backend_pid
+        pid = conn.pid
     return counts, pid
 
 
-def _drop_restore(admin: Conn, plan: _Plan) -> tuple[str, tuple[str, ...]]:
+def _drop_restore(admin: _Sql, plan: _Plan) -> tuple[str, tuple[str, ...]]:
     """Drop the half-restored database (only ever that one); say what happened."""
     assert plan.restore_name != plan.dbname and "_restore_" in plan.restore_name
     try:
-        if admin.broken or admin.closed:
+        if not admin.usable:
             raise psycopg.OperationalError("the admin connection was lost")
-        admin.execute(
+        admin.run(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(plan.restore_name)
             )
@@ -621,10 +794,10 @@ def _drop_restore(admin: Conn, plan: _Plan) -> tuple[str, tuple[str, ...]]:
 
 
 def _swap(
-    admin: Conn, plan: _Plan, swap_timeout: float, own: set[int]
+    admin: _Sql, plan: _Plan, swap_timeout: float, own: set[int]
 ) -> tuple[list[Rename], list[Session], list[str]]:
     deadline = time.monotonic() + swap_timeout
-    admin.execute("SELECT set_config('statement_timeout', %s, false)", (_ms(swap_timeout),))
+    _set_timeout(admin, swap_timeout)
     live = plan.live
     if live is None:
         try:
@@ -677,7 +850,7 @@ def _swap(
 
 
 def _clear_and_rename(
-    admin: Conn, plan: _Plan, deadline: float, terminated: dict[int, Session], own: set[int]
+    admin: _Sql, plan: _Plan, deadline: float, terminated: dict[int, Session], own: set[int]
 ) -> None:
     """Terminate every session on the live database and rename it, until the rename works:
     with connections blocked no new session can arrive, but an ending one takes a moment.
@@ -685,7 +858,7 @@ def _clear_and_rename(
     pause = threading.Event()
     while True:
         for session in _sessions(admin, plan.dbname):
-            admin.execute("SELECT pg_terminate_backend(%s)", (session.pid,))
+            admin.run(sql.SQL("SELECT pg_terminate_backend({})").format(sql.Literal(session.pid)))
             if session.pid not in own:
                 terminated.setdefault(session.pid, session)
         try:
@@ -697,7 +870,7 @@ def _clear_and_rename(
         pause.wait(_POLL)
 
 
-def _undo_first_rename(admin: Conn, plan: _Plan, exc: psycopg.Error, ended: int) -> RestoreError:
+def _undo_first_rename(admin: _Sql, plan: _Plan, exc: psycopg.Error, ended: int) -> RestoreError:
     failure = f"renaming {plan.restore_name} to {plan.dbname} failed: {_one_line(exc)}"
     try:
         _rename(admin, plan.damaged_name, plan.dbname)
@@ -723,32 +896,41 @@ def _undo_first_rename(admin: Conn, plan: _Plan, exc: psycopg.Error, ended: int)
     )
 
 
-def _sessions(admin: Conn, dbname: str) -> list[Session]:
-    rows = admin.execute(
-        "SELECT pid, usename, application_name, client_addr::text, state, backend_type"
-        " FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-        (dbname,),
-    ).fetchall()
+def _sessions(admin: _Sql, dbname: str) -> list[Session]:
+    rows = admin.rows(
+        sql.SQL(
+            "SELECT pid, usename, application_name, client_addr::text, state, backend_type"
+            " FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()"
+        ).format(sql.Literal(dbname))
+    )
     return [Session(int(r[0]), r[1], r[2] or None, r[3], r[4], r[5]) for r in rows]
 
 
-def _rename(admin: Conn, old: str, new: str) -> None:
-    admin.execute(
+def _rename(admin: _Sql, old: str, new: str) -> None:
+    admin.run(
         sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
     )
 
 
-def _allow_connections(admin: Conn, dbname: str, *, allow: bool) -> None:
-    admin.execute(
+def _allow_connections(admin: _Sql, dbname: str, *, allow: bool) -> None:
+    admin.run(
         sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
             sql.Identifier(dbname), sql.SQL("true" if allow else "false")
         )
     )
 
 
-def _reopen(admin: Conn, dbname: str, allow: bool) -> None:
+def _reopen(admin: _Sql, dbname: str, allow: bool) -> None:
     with suppress(psycopg.Error):
         _allow_connections(admin, dbname, allow=allow)
+
+
+def _set_timeout(conn: _Sql, seconds: float) -> None:
+    conn.run(
+        sql.SQL("SELECT set_config('statement_timeout', {}, false)").format(
+            sql.Literal(_ms(seconds))
+        )
+    )
 
 
 def _swap_reason(exc: psycopg.Error, swap_timeout: float) -> str:
@@ -759,28 +941,22 @@ def _swap_reason(exc: psycopg.Error, swap_timeout: float) -> str:
     return _one_line(exc)
 
 
-# --- connections and client tools ---
+# --- by DSN: connections and client tools on this host ---
 
 
 @contextmanager
-def _admin(
-    dsn: str, connect_timeout: float, sql_timeout: float, secrets: Sequence[str]
-) -> Iterator[Conn]:
+def _admin(dsn: str, connect_timeout: float, secrets: Sequence[str]) -> Iterator[Conn]:
     try:
         conn = psycopg.connect(
             dsn,
             autocommit=True,  # CREATE/ALTER/DROP DATABASE cannot run inside a transaction
             prepare_threshold=None,
             connect_timeout=_seconds(connect_timeout),
-            application_name="spek-sentinel restore",
+            application_name=_APP_NAME,
         )
     except psycopg.Error as exc:
         _refuse(f"cannot connect with the admin DSN: {_one_line(exc, secrets)}")
     try:
-        try:
-            conn.execute("SELECT set_config('statement_timeout', %s, false)", (_ms(sql_timeout),))
-        except psycopg.Error as exc:
-            _refuse(f"the admin connection failed: {_one_line(exc, secrets)}")
         yield conn
     finally:
         conn.close()
@@ -802,7 +978,7 @@ def _client(
         if k in _PASS_THROUGH_ENV or k.startswith(_PASS_THROUGH_PREFIXES)
     }
     env.setdefault("PATH", _DEFAULT_PATH)
-    env["PGAPPNAME"] = "spek-sentinel restore"
+    env["PGAPPNAME"] = _APP_NAME
     env["PGOPTIONS"] = f"-c statement_timeout={_ms(timeout)}"
     if "PGPASSFILE" in os.environ and not password:
         env["PGPASSFILE"] = os.environ["PGPASSFILE"]
@@ -825,9 +1001,143 @@ def _private_dir() -> Iterator[Path]:
         yield Path(name)
 
 
-def _pg_restore(plan: _Plan, client: _Client, args: Sequence[str], timeout: float) -> CommandResult:
-    setup = CommandEnv(cwd=client.workdir, env=dict(client.env), secrets=client.secrets)
-    return run_command([str(plan.pg_restore), *args], setup, timeout)
+class _DsnServer:
+    """The server by DSN: psycopg sessions, and pg_restore of the server's major version from
+    ``bin_root`` on this host, with the password in a private passfile."""
+
+    def __init__(self, client: _Client, bin_root: Path, sql_timeout: float) -> None:
+        self.client = client
+        self.bin_root = bin_root
+        self.sql_timeout = sql_timeout
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return self.client.secrets
+
+    @contextmanager
+    def session(self, dbname: str) -> Iterator[_Sql]:
+        with psycopg.connect(
+            self.client.conninfo(dbname),
+            password=self.client.password,
+            autocommit=True,
+            prepare_threshold=None,
+            connect_timeout=_seconds(self.client.params.get("connect_timeout")),
+            application_name=_APP_NAME,
+        ) as conn:
+            session = _Connection(conn)
+            _set_timeout(session, self.sql_timeout)
+            yield session
+
+    def _tool(self, major: int) -> Path:
+        return self.bin_root / str(major) / "bin" / "pg_restore"
+
+    def check_pg_restore(self, major: int) -> str:
+        pg_restore = self._tool(major)
+        if not os.access(pg_restore, os.X_OK):
+            _refuse(
+                f"pg_restore for the server's PostgreSQL {major} not found at {pg_restore}; "
+                f"install postgresql-client-{major} (another major version may not read or "
+                "restore the archive correctly)"
+            )
+        return str(pg_restore)
+
+    def list_backup(self, major: int, backup: Path, timeout: float) -> _Ran:
+        toc = self.client.workdir / "toc.txt"
+        ran = self._run(major, ["--list", "-f", str(toc), str(backup)], timeout)
+        if ran.failure is None:
+            return _Ran(ran.command, None, ran.output, toc.read_text(errors="replace"))
+        return ran
+
+    def load(
+        self, major: int, backup: Path, dbname: str, options: Sequence[str], timeout: float
+    ) -> _Ran:
+        args = [*options, "-d", self.client.conninfo(dbname), str(backup)]
+        return self._run(major, args, timeout)
+
+    def _run(self, major: int, args: Sequence[str], timeout: float) -> _Ran:
+        client = self.client
+        setup = CommandEnv(cwd=client.workdir, env=dict(client.env), secrets=client.secrets)
+        ran = run_command([str(self._tool(major)), *args], setup, timeout)
+        return _Ran(ran.command, ran.failure, ran.output)
+
+
+# --- inside the container: psql sessions and pg_restore there ---
+
+
+class _ContainerServer:
+    """The server inside its container: psql sessions there, and the container's pg_restore
+    reading the backup from this host through the exec's stdin."""
+
+    def __init__(
+        self, where: Container, *, reply_timeout: float, lifetime: float, sql_timeout: float
+    ) -> None:
+        self.where = where
+        self.reply_timeout = reply_timeout
+        self.lifetime = lifetime
+        self.sql_timeout = sql_timeout
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return self.where.secrets
+
+    @contextmanager
+    def session(self, dbname: str) -> Iterator[_Sql]:
+        with open_psql(
+            self.where,
+            dbname,
+            lifetime=self.lifetime,
+            reply_timeout=self.reply_timeout,
+            application_name=_APP_NAME,
+        ) as session:
+            _set_timeout(session, self.sql_timeout)
+            yield session
+
+    def check_pg_restore(self, major: int) -> str:
+        where = self.where
+        try:
+            ran = run_in_container(
+                where, ["pg_restore", "--version"], timeout=where.connect_timeout + 10
+            )
+        except ContainerError as exc:
+            _refuse(str(exc))
+        if ran.failure is not None:
+            _refuse(f"`{ran.command}` {ran.failure}\n{ran.output}")
+        text = ran.stdout.decode(errors="replace")
+        found = _TOOL_VERSION.search(text)
+        tool_major = None
+        if found is not None:
+            tool_major = (
+                int(found[1]) if int(found[1]) >= 10 else int(found[1]) * 100 + int(found[2] or 0)
+            )
+        if tool_major != major:
+            _refuse(
+                f"pg_restore in container {where.name} is {text.strip()[:80]!r}, not of the "
+                f"server's PostgreSQL {major} (another major version may not read or restore "
+                "the archive correctly)"
+            )
+        return f"pg_restore in container {where.name} ({text.strip()[:80]})"
+
+    def list_backup(self, major: int, backup: Path, timeout: float) -> _Ran:
+        ran = self._run(["pg_restore", "--list"], backup, timeout, stage=None)
+        return _Ran(ran.command, ran.failure, ran.output, ran.stdout.decode(errors="replace"))
+
+    def load(
+        self, major: int, backup: Path, dbname: str, options: Sequence[str], timeout: float
+    ) -> _Ran:
+        argv = ["pg_restore", *options, f"--dbname={self.where.conninfo(dbname)}"]
+        ran = self._run(argv, backup, timeout, stage="restore")
+        return _Ran(ran.command, ran.failure, ran.output)
+
+    def _run(
+        self, argv: Sequence[str], backup: Path, timeout: float, *, stage: str | None
+    ) -> ExecResult:
+        env = {"PGAPPNAME": _APP_NAME, "PGOPTIONS": f"-c statement_timeout={_ms(timeout)}"}
+        try:
+            return run_in_container(self.where, argv, timeout=timeout, stdin=backup, env=env)
+        except ContainerError as exc:
+            if stage is None:
+                _refuse(str(exc))
+            raise _StageError(stage, f"pg_restore in container {self.where.name}: {exc}") from None
 
 
 def _pgpass_escape(value: str) -> str:
@@ -846,10 +1156,6 @@ def _dsn_secrets(dsn: str) -> tuple[str, ...]:
     except psycopg.Error:
         return ()
     return (str(password),) if password else ()
-
-
-def _text(exc: BaseException, client: _Client) -> str:
-    return _one_line(exc, client.secrets)
 
 
 def _one_line(exc: BaseException, secrets: Sequence[str] = ()) -> str:

@@ -41,7 +41,7 @@ from spek_sentinel.rollback.migrations import (
     Migrator,
     SqlMigrator,
 )
-from spek_sentinel.rollback.restore import restore_and_swap
+from spek_sentinel.rollback.restore import RestoreRecord, restore_and_swap, restore_in_container
 from spek_sentinel.rollback.secret_rotation import check_env_file, rotate_env_secrets
 from spek_sentinel.rollback.verify import verify_until
 from spek_sentinel.service.rollback_targets import database_target
@@ -148,6 +148,11 @@ def _admin_dsn(target: DatabaseTarget) -> tuple[str, str]:
     dbname = str(params.get("dbname") or params.get("user") or "postgres")
     params["dbname"] = "postgres"
     return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None}), dbname
+
+
+def _restored(record: RestoreRecord) -> str:
+    """The restore step's output: what moved where, and anything a human should know."""
+    return "\n".join((record.describe(), *record.notes))
 
 
 def _restore_source(settings: RollbackSettings, playbook: PlaybookModel) -> Path:
@@ -360,35 +365,7 @@ class _Builder:
             if target is None or model is None:
                 return
             if action == "restore":
-                if target.dsn is None:
-                    raise PlanError(
-                        "a restore needs the database by DSN (dsn_env or dsn_file), "
-                        "not only inside its container"
-                    )
-                admin, dbname = _admin_dsn(target)
-                source = self.restore_from
-                assert source is not None
-
-                def restore(
-                    context: StepContext,
-                    admin: str = admin,
-                    dbname: str = dbname,
-                    source: Path = source,
-                ) -> str:
-                    record = restore_and_swap(
-                        admin, dbname, source, context.remaining(), check=context.check
-                    )
-                    moved = "; ".join(f"{r}" for r in record.renames)
-                    return f"restored {source} as {dbname}; {moved}"
-
-                self.step(
-                    "database restore",
-                    restore,
-                    idempotent=False,
-                    destructive=True,
-                    requires_verified_backup=True,
-                    detail=f"{dbname} from {source}",
-                )
+                self._restore(target)
                 continue
             migrator = self._migrator(target)
             to_version = self.playbook.migrate_to_version
@@ -442,6 +419,40 @@ class _Builder:
                     requires_verified_backup=True,
                     detail=migrator.description,
                 )
+
+    def _restore(self, target: DatabaseTarget) -> None:
+        """Runbook phase 2 option C: the backup restored beside the live database and swapped
+        in, the damaged one kept; by DSN, or inside the database's container."""
+        source = self.restore_from
+        assert source is not None
+        restore: Callable[[StepContext], str]
+        if target.container is not None:
+            where = f"{target.dbname} in container {target.container}"
+
+            def restore(context: StepContext) -> str:
+                record = restore_in_container(
+                    target, source, context.remaining(), check=context.check
+                )
+                return _restored(record)
+
+        else:
+            admin, dbname = _admin_dsn(target)
+            where = dbname
+
+            def restore(context: StepContext) -> str:
+                record = restore_and_swap(
+                    admin, dbname, source, context.remaining(), check=context.check
+                )
+                return _restored(record)
+
+        self.step(
+            "database restore",
+            restore,
+            idempotent=False,
+            destructive=True,
+            requires_verified_backup=True,
+            detail=f"{where} from {source}",
+        )
 
     def _migrator(self, target: DatabaseTarget) -> Migrator:
         return migrator_for(self.settings, target)
