@@ -653,6 +653,9 @@ def test_container_password_travels_in_the_exec_environment_only(
             running = pool.submit(create_backup, target, backup_dir, "emergency", 60)
             dumping = wait_until(dumping_exec, timeout=20)
             host_process = psutil.Process(dumping["Pid"])  # the exec's process, seen from here
+            # docker reports the pid before the runtime has exec'd pg_dump in it: read its
+            # arguments and environment once it is pg_dump, not the runtime's init
+            wait_until(lambda: "pg_dump" in " ".join(host_process.cmdline()), timeout=20)
             cmdline, environ = host_process.cmdline(), host_process.environ()
         record = running.result(timeout=60)
 
