@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from harness.app_images import APP_PORT, ensure_app_image  # noqa: E402
-from harness.docker_engine import TEST_LABEL, connect  # noqa: E402
+from harness.docker_engine import TEST_LABEL, DockerEngine  # noqa: E402
 from harness.ports import free_port  # noqa: E402
 
 TABLE = """
@@ -173,12 +173,31 @@ def main() -> int:
     args = parser.parse_args()
     load = os.getloadavg()
     print(f"nproc {os.cpu_count()}, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
-    client = connect()
-    v1, v2 = ensure_app_image(client, "v1"), ensure_app_image(client, "v2")
-    client.close()
+    engine = DockerEngine()  # the running dockerd, else one started (and stopped) like the tests
+    client = engine.start()
+    try:
+        v1, v2 = ensure_app_image(client, "v1"), ensure_app_image(client, "v2")
+        rows = measure(args.repeats, v1, v2)
+    finally:
+        client.close()
+        engine.close()
+    differences = [r["difference"] for r in rows]
+    print(
+        f"\nmedian floor {statistics.median(r['floor'] for r in rows):.3f}s, median "
+        f"spek-sentinel {statistics.median(r['downtime'] for r in rows):.3f}s, difference "
+        f"median {statistics.median(differences):+.3f}s (max {max(differences):+.3f}s); aim: "
+        f"within floor + 1 s in every run: {'yes' if max(differences) <= 1.0 else 'NO'}"
+    )
+    out = ROOT / "bench" / "results" / f"downtime-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps({"argv": sys.argv, "results": rows}, indent=1) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+    return 0
+
+
+def measure(repeats: int, v1: str, v2: str) -> list[dict[str, Any]]:
     floor_once(v1, v2)  # warm-up, untimed: first container start on this engine is slower
     rows: list[dict[str, Any]] = []
-    for repeat in range(args.repeats):
+    for repeat in range(repeats):
         order = ["floor", "spek"] if repeat % 2 == 0 else ["spek", "floor"]
         row: dict[str, Any] = {}
         for which in order:
@@ -196,17 +215,7 @@ def main() -> int:
             f"{row['difference']:+.3f}s | ratio {row['downtime'] / row['floor']:.2f}",
             flush=True,
         )
-    differences = [r["difference"] for r in rows]
-    print(
-        f"\nmedian floor {statistics.median(r['floor'] for r in rows):.3f}s, median "
-        f"spek-sentinel {statistics.median(r['downtime'] for r in rows):.3f}s, difference "
-        f"median {statistics.median(differences):+.3f}s (max {max(differences):+.3f}s); aim: "
-        f"within floor + 1 s in every run: {'yes' if max(differences) <= 1.0 else 'NO'}"
-    )
-    out = ROOT / "bench" / "results" / f"downtime-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps({"argv": sys.argv, "results": rows}, indent=1) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
-    return 0
+    return rows
 
 
 if __name__ == "__main__":
