@@ -148,6 +148,7 @@ class Demo:
         self.traffic: Traffic | None = None
         self.app_url = ""
         self._background: list[asyncio.Task[None]] = []
+        self._winding_down = False
         self._rollback_finished: asyncio.Event | None = None
         self._resolved: asyncio.Event | None = None
         self._result: RollbackResult | None = None
@@ -344,7 +345,7 @@ class Demo:
         assert watch is not None
         began = time.monotonic()
         runs = 0
-        while True:
+        while not self._winding_down:
             await watch.poll(probe)
             runs += 1
             await asyncio.sleep(max(0.0, began + runs * probe.interval - time.monotonic()))
@@ -352,13 +353,13 @@ class Demo:
     async def _tick_loop(self) -> None:
         watch = self.watch
         assert watch is not None
-        while True:
+        while not self._winding_down:
             await watch.tick()
             await asyncio.sleep(TICK)
 
     async def _status_loop(self) -> None:
         last = time.time()
-        while True:
+        while not self._winding_down:
             await asyncio.sleep(STATUS_EVERY)
             now = time.time()
             self.view.line("status", await self._status(last), [])
@@ -561,10 +562,23 @@ class Demo:
     # --- cleaning up -------------------------------------------------------------------------
 
     async def _stop_background(self) -> None:
+        """Stop the probe, tick, traffic and status loops. On Python 3.11 ``asyncio.wait_for``
+        (inside every probe's observe) can swallow a cancellation that arrives as its inner
+        call completes, so the loops also check a flag, and cancelling is repeated until each
+        has ended."""
+        self._winding_down = True
         tasks, self._background = self._background, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        pending = set(tasks)
+        for _ in range(20):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+        if pending:
+            log.error("demo: %d background tasks did not stop", len(pending))
+        else:
+            await asyncio.gather(*tasks, return_exceptions=True)  # collect their outcomes
 
     async def _cleanup(self) -> None:
         view = self.view
