@@ -343,6 +343,9 @@ def _log_job_event(event: JobExecutionEvent) -> None:
         )
     elif event.code == EVENT_JOB_MAX_INSTANCES:
         log.warning("job %s still running at its next run: skipped", event.job_id)
+    elif isinstance(event.exception, asyncio.CancelledError):
+        # a job still running when the daemon stops: expected, and not worth an alert
+        log.info("job %s cancelled by the stop", event.job_id)
     elif event.exception is not None:
         log.error("job %s failed: %r", event.job_id, event.exception, exc_info=event.exception)
 
