@@ -153,7 +153,9 @@ pagers = ["relay"]
 # release in place, so the test sees the console while the rollback runs.
 ROLLBACK_SCRIPT = """\
 echo "started $$" >> "{tmp}/rollbacks.log"
-until [ -e "{tmp}/go" ]; do sleep 0.1; done
+i=0  # wait for the test's "go", at most 60 s; without it the step fails
+until [ -e "{tmp}/go" ] || [ "$i" -ge 600 ]; do sleep 0.1; i=$((i+1)); done
+[ -e "{tmp}/go" ] || exit 3
 echo "$1" > "{tmp}/app.release"
 """
 

@@ -123,7 +123,9 @@ pagers = ["relay"]
 # then puts the release in place. A daemon killed while it holds has not finished the step.
 ROLLBACK_SCRIPT = """\
 echo "started $$" >> "{tmp}/rollbacks.log"
-until [ -e "{tmp}/go" ]; do sleep 0.1; done
+i=0  # wait for the test's "go", at most 60 s; without it the step fails
+until [ -e "{tmp}/go" ] || [ "$i" -ge 600 ]; do sleep 0.1; i=$((i+1)); done
+[ -e "{tmp}/go" ] || exit 3
 echo "$1" > "{tmp}/app.release"
 """
 
@@ -131,7 +133,9 @@ echo "$1" > "{tmp}/app.release"
 MIGRATE_SCRIPT = """\
 echo "$1 $$" >> "{tmp}/migrations.log"
 if [ "$1" = status ]; then exit 0; fi
-until [ -e "{tmp}/go" ]; do sleep 0.1; done
+i=0  # wait for the test's "go", at most 60 s; without it the step fails
+until [ -e "{tmp}/go" ] || [ "$i" -ge 600 ]; do sleep 0.1; i=$((i+1)); done
+[ -e "{tmp}/go" ] || exit 3
 """
 
 # Scenario 1: migrate the database down one step (not idempotent, destructive: it needs the
