@@ -12,8 +12,8 @@ from psycopg import sql
 
 from harness import HarnessError, log_tail
 from harness.ports import free_port
+from spek_sentinel.service.demo_servers import PG_BINARIES, postgres_bin_dir
 
-_BINARIES = ("initdb", "pg_ctl", "postgres")
 _INSTALL_HINT = "install the Debian package `postgresql` (apt-get install postgresql)"
 _SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
@@ -25,21 +25,13 @@ _SETTINGS = {
 
 
 def find_bin_dir(root: Path = Path("/usr/lib/postgresql")) -> Path:
-    """Newest <root>/<version>/bin holding the server binaries, else the one on PATH."""
-    candidates = sorted(
-        root.glob("*/bin"),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1,
-        reverse=True,
-    )
-    on_path = shutil.which("initdb")
-    if on_path:
-        # PATH often holds symlinks; the real dir is the one with all three binaries.
-        candidates.append(Path(on_path).resolve().parent)
-    for bin_dir in candidates:
-        if all((bin_dir / name).is_file() for name in _BINARIES):
-            return bin_dir
+    """Newest <root>/<version>/bin holding the server binaries, else the one on PATH (the
+    same search ``spek-sentinel demo`` makes)."""
+    found = postgres_bin_dir(root)
+    if found is not None:
+        return found
     raise HarnessError(
-        f"PostgreSQL server binaries {', '.join(_BINARIES)} not found in "
+        f"PostgreSQL server binaries {', '.join(PG_BINARIES)} not found in "
         f"{root}/*/bin or on PATH; {_INSTALL_HINT}"
     )
 

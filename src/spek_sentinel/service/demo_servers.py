@@ -28,7 +28,7 @@ import redis
 from psycopg import sql
 
 _PG_ROOT = Path("/usr/lib/postgresql")
-_PG_BINARIES = ("initdb", "pg_ctl", "postgres")
+PG_BINARIES = ("initdb", "pg_ctl", "postgres")
 _PG_SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "fsync": "off",
@@ -50,7 +50,7 @@ class Binaries:
 
 def find_binaries(pg_root: Path = _PG_ROOT) -> Binaries:
     """The server binaries, or DemoUnavailableError naming the Debian packages to install."""
-    bin_dir = _postgres_bin_dir(pg_root)
+    bin_dir = postgres_bin_dir(pg_root)
     found_redis = shutil.which("redis-server")
     missing = [
         package
@@ -70,7 +70,7 @@ def find_binaries(pg_root: Path = _PG_ROOT) -> Binaries:
     return Binaries(bin_dir, Path(found_redis))
 
 
-def _postgres_bin_dir(root: Path) -> Path | None:
+def postgres_bin_dir(root: Path) -> Path | None:
     """The newest ``<root>/<major>/bin`` holding the server binaries, else the one on PATH."""
     candidates = sorted(
         root.glob("*/bin"),
@@ -81,7 +81,7 @@ def _postgres_bin_dir(root: Path) -> Path | None:
     if on_path:
         candidates.append(Path(on_path).resolve().parent)
     for bin_dir in candidates:
-        if all((bin_dir / name).is_file() for name in _PG_BINARIES):
+        if all((bin_dir / name).is_file() for name in PG_BINARIES):
             return bin_dir
     return None
 
